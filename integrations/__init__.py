@@ -1,0 +1,1 @@
+"""Provider adapters (one module each). Only `reminder.bootstrap` imports this package."""

@@ -1,0 +1,213 @@
+"""Planning: turn the day's evaluation into message rows, in one INSERT ... SELECT.
+
+Per (loan, stage, channel) the cadence asks for a contact when no message for the same
+episode was planned or sent within the last `every_days - 1` days. The contact policy
+then gives each row exactly one status: `planned` (with `not_before`) or `suppressed`
+(with the first reason). The unique key (loan, stage, channel, run date) makes a rerun
+of the same day insert nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Integer,
+    String,
+    and_,
+    case,
+    column,
+    distinct,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    values,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from reminder.config import Config
+from reminder.db.sqlfn import as_date, date_minus_days
+from reminder.db.tables import borrowers, loans, messages
+from reminder.db.types import UTCDateTime
+from reminder.domain.contact_window import Slot, slot_for
+from reminder.services.evaluation import cadence_table, in_range, loan_state, stage_table
+from reminder.services.policy import PolicyInputs, suppression_reason
+
+
+@dataclass(frozen=True)
+class RunMoment:
+    """Which day is being run and the instant it happens (aware)."""
+
+    run_date: date
+    run_at: datetime
+
+
+def contact_slots(conn: Connection, config: Config, run_at: datetime) -> list[Slot]:
+    """The first allowed contact instant for every timezone borrowers live in."""
+    lender_tz = config.run.timezone
+    zones = conn.execute(
+        select(distinct(func.coalesce(borrowers.c.timezone, lender_tz)))
+    ).scalars()
+    policy = config.policy
+    return [
+        slot_for(run_at, zone, policy.window, policy.holidays, policy.skip_weekends)
+        for zone in {*zones, lender_tz}
+    ]
+
+
+def _slot_table(slots: list[Slot]) -> Any:
+    return values(
+        column("timezone", String),
+        column("not_before", UTCDateTime),
+        column("holiday", Integer),
+        column("weekend", Integer),
+        name="slots",
+    ).data([(s.timezone, s.not_before, int(bool(s.holiday)), int(s.weekend)) for s in slots])
+
+
+def _cap_table(config: Config, run_date: date) -> Any:
+    rows = [
+        (channel, count, run_date - timedelta(days=days - 1))
+        for channel, (count, days) in config.policy.caps.items()
+    ] or [("-", 0, run_date)]
+    return values(
+        column("channel", String),
+        column("cap", Integer),
+        column("since", messages.c.run_date.type),
+        name="caps",
+    ).data(rows)
+
+
+def _recent_contacts(config: Config, run_date: date) -> Any:
+    """Contacts (distinct days) per borrower and channel inside each channel's cap window."""
+    caps = _cap_table(config, run_date)
+    return (
+        select(
+            messages.c.borrower_id,
+            messages.c.channel,
+            func.count(distinct(messages.c.run_date)).label("used"),
+            func.max(caps.c.cap).label("cap"),
+        )
+        .join(caps, caps.c.channel == messages.c.channel)
+        .where(
+            messages.c.status != "suppressed",
+            messages.c.run_date >= caps.c.since,
+            messages.c.run_date < as_date(literal(run_date)),
+        )
+        .group_by(messages.c.borrower_id, messages.c.channel)
+        .cte("recent")
+    )
+
+
+def planning_select(config: Config, moment: RunMoment, slots: list[Slot]) -> Any:
+    """SELECT producing one row per contact the cadence calls for, with its decision."""
+    run_date, run_at = moment.run_date, moment.run_at
+    state = loan_state(config, run_date).cte("loan_state")
+    ranges, cadence, slot = stage_table(config), cadence_table(config), _slot_table(slots)
+    recent = _recent_contacts(config, run_date)
+    earlier = messages.alias("earlier")
+    already = exists(
+        select(earlier.c.id).where(
+            earlier.c.loan_id == state.c.loan_id,
+            earlier.c.stage == ranges.c.stage,
+            earlier.c.channel == cadence.c.channel,
+            earlier.c.episode == state.c.episode,
+            earlier.c.status != "suppressed",
+            or_(
+                cadence.c.every_days == 0,
+                earlier.c.run_date > date_minus_days(literal(run_date), cadence.c.every_days),
+            ),
+        )
+    )
+    zone = func.coalesce(borrowers.c.timezone, config.run.timezone)
+    cap_reached = case((func.coalesce(recent.c.used, 0) >= recent.c.cap, 1), else_=0)
+    reason = suppression_reason(
+        PolicyInputs(
+            loan_id=state.c.loan_id,
+            loan_status=loans.c.status,
+            borrower_id=loans.c.borrower_id,
+            channel=cadence.c.channel,
+            holiday=slot.c.holiday,
+            weekend=slot.c.weekend,
+            cap_reached=cap_reached,
+        ),
+        config,
+        run_date,
+        run_at,
+    )
+    now = literal(run_at, UTCDateTime)
+    decided = (
+        select(
+            state.c.loan_id,
+            loans.c.borrower_id,
+            ranges.c.stage,
+            cadence.c.channel,
+            state.c.episode,
+            state.c.dpd,
+            reason.label("reason"),
+            slot.c.not_before,
+            func.coalesce(borrowers.c.locale, config.run.default_locale).label("locale"),
+        )
+        .select_from(state)
+        .join(ranges, and_(in_range(state.c.dpd, ranges), ranges.c.handoff == 0))
+        .join(loans, loans.c.loan_id == state.c.loan_id)
+        .join(borrowers, borrowers.c.borrower_id == loans.c.borrower_id)
+        .join(
+            cadence,
+            and_(
+                cadence.c.stage == ranges.c.stage,
+                cadence.c.grade == func.coalesce(borrowers.c.risk_grade, ""),
+            ),
+        )
+        .join(slot, slot.c.timezone == zone)
+        .outerjoin(
+            recent,
+            and_(
+                recent.c.borrower_id == loans.c.borrower_id,
+                recent.c.channel == cadence.c.channel,
+            ),
+        )
+        .where(state.c.episode.is_not(None), ~already)
+        .subquery("decided")
+    )
+    return select(
+        decided.c.loan_id,
+        decided.c.borrower_id,
+        as_date(literal(run_date)).label("run_date"),
+        decided.c.stage,
+        decided.c.channel,
+        decided.c.episode,
+        decided.c.dpd,
+        case((decided.c.reason.is_(None), "planned"), else_="suppressed").label("status"),
+        decided.c.reason,
+        decided.c.not_before,
+        decided.c.locale,
+        literal(0).label("attempts"),
+        now.label("created_at"),
+        now.label("updated_at"),
+    ).where(literal(True))
+
+
+PLAN_COLUMNS = (
+    "loan_id", "borrower_id", "run_date", "stage", "channel", "episode", "dpd", "status",
+    "reason", "not_before", "locale", "attempts", "created_at", "updated_at",
+)
+
+
+def plan(conn: Connection, config: Config, moment: RunMoment) -> int:
+    """Insert the day's message rows; returns how many were new. Safe to run twice."""
+    slots = contact_slots(conn, config, moment.run_at)
+    query = planning_select(config, moment, slots)
+    columns = [messages.c[name] for name in PLAN_COLUMNS]
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = (
+        dialect.insert(messages)
+        .from_select(columns, query)
+        .on_conflict_do_nothing(index_elements=["loan_id", "stage", "channel", "run_date"])
+    )
+    return conn.execute(statement).rowcount or 0

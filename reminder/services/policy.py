@@ -1,0 +1,108 @@
+"""The contact policy as one SQL CASE: the first suppression reason that applies, or NULL.
+
+The order is the contract (SPEC section 4) and lives in `reminder.domain.reasons.ORDER`;
+this module only says how each reason is detected in the database. The same expression
+serves planning (whole portfolio) and the dispatcher's re-check just before a send.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, case, exists, literal, null, or_, select
+from sqlalchemy.sql.expression import ColumnElement
+
+from reminder.config import Config
+from reminder.db.sqlfn import as_date
+from reminder.db.tables import borrowers, cases, contact_flags, promises, replies
+from reminder.db.types import UTCDateTime
+from reminder.domain.reasons import ORDER
+
+FLAG_REASONS = ("deceased", "bankruptcy", "cease")
+
+
+@dataclass(frozen=True)
+class PolicyInputs:
+    """Column expressions naming the contact being judged (from a query's FROM clause)."""
+
+    loan_id: ColumnElement[Any]
+    loan_status: ColumnElement[Any]
+    borrower_id: ColumnElement[Any]
+    channel: ColumnElement[Any]
+    holiday: ColumnElement[Any] | None = None  # truthy when the slot's local date is one
+    weekend: ColumnElement[Any] | None = None
+    cap_reached: ColumnElement[Any] | None = None
+
+
+def _flag(kind: str, borrower_id: ColumnElement[Any], *extra: Any) -> ColumnElement[bool]:
+    return exists(
+        select(contact_flags.c.id).where(
+            contact_flags.c.borrower_id == borrower_id,
+            contact_flags.c.kind == kind,
+            contact_flags.c.lifted_at.is_(None),
+            *extra,
+        )
+    )
+
+
+def conditions(
+    inputs: PolicyInputs, config: Config, run_date: date, run_at: datetime
+) -> dict[str, ColumnElement[bool]]:
+    """Each reason's condition, keyed by reason; `borrowers` must be in the FROM clause."""
+    loan_id, borrower_id, channel = inputs.loan_id, inputs.borrower_id, inputs.channel
+    claim_since = literal(run_at - timedelta(days=config.policy.paid_claim_days), UTCDateTime)
+    promise_from = as_date(literal(run_date - timedelta(days=config.policy.promise_grace_days)))
+    loan_scope = or_(contact_flags.c.loan_id.is_(None), contact_flags.c.loan_id == loan_id)
+    found: dict[str, ColumnElement[bool]] = {
+        "written_off": inputs.loan_status == "written_off",
+        "placed": exists(
+            select(cases.c.case_id).where(cases.c.loan_id == loan_id, cases.c.status == "open")
+        ),
+        **{kind: _flag(kind, borrower_id) for kind in FLAG_REASONS},
+        "dispute": _flag("dispute", borrower_id, loan_scope),
+        "opted_out": _flag("opt_out", borrower_id, contact_flags.c.channel == channel),
+        "no_consent": or_(
+            and_(channel == "sms", borrowers.c.consent_sms.is_(False)),
+            and_(channel == "email", borrowers.c.consent_email.is_(False)),
+            and_(channel == "voice", borrowers.c.consent_voice.is_(False)),
+        ),
+        "no_address": or_(
+            and_(channel.in_(("sms", "voice")), borrowers.c.phone.is_(None)),
+            and_(channel == "email", borrowers.c.email.is_(None)),
+            _flag("bad_address", borrower_id, contact_flags.c.channel == channel),
+        ),
+        "paid_claim": exists(
+            select(replies.c.id).where(
+                replies.c.borrower_id == borrower_id,
+                replies.c.intent == "paid",
+                replies.c.resolved_at.is_(None),
+                replies.c.received_at >= claim_since,
+            )
+        ),
+        "promise": exists(
+            select(promises.c.id).where(
+                promises.c.borrower_id == borrower_id,
+                promises.c.status == "open",
+                or_(promises.c.loan_id.is_(None), promises.c.loan_id == loan_id),
+                promises.c.promised_on >= promise_from,
+            )
+        ),
+    }
+    if inputs.holiday is not None:
+        found["holiday"] = inputs.holiday == 1
+    if inputs.weekend is not None:
+        found["weekend"] = inputs.weekend == 1
+    if inputs.cap_reached is not None:
+        found["cap"] = inputs.cap_reached == 1
+    return found
+
+
+def suppression_reason(
+    inputs: PolicyInputs, config: Config, run_date: date, run_at: datetime
+) -> ColumnElement[Any]:
+    """CASE WHEN <first reason in ORDER> THEN 'reason' ... ELSE NULL END."""
+    found = conditions(inputs, config, run_date, run_at)
+    whens = [(found[reason], literal(reason)) for reason in ORDER if reason in found]
+    return case(*whens, else_=null())
