@@ -184,6 +184,16 @@ class AgencyConfig(_Model):
     outcome_token_env: str | None = None
 
 
+class LenderConfig(_Model):
+    """Who the borrower is dealing with: named in every message (required by law)."""
+
+    name: str = "Lender"
+    phone: str = ""
+    payment_url: str = ""
+    support_email: str = ""
+    unsubscribe_url: str = ""
+
+
 class OutboxConfig(_Model):
     path: str = "outbox"
 
@@ -198,6 +208,7 @@ class Config(_Model):
     handoff: HandoffConfig = HandoffConfig()
     agencies: tuple[AgencyConfig, ...] = ()
     outbox: OutboxConfig = OutboxConfig()
+    lender: LenderConfig = LenderConfig()
     base_dir: Path = Path(".")
     source: str = "config.toml"
 

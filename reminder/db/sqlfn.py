@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Date, Integer, cast, func, literal_column
+from sqlalchemy import Date, Integer, func, literal_column
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
@@ -57,9 +57,26 @@ def _date_minus_sqlite(element: date_minus_days, compiler: Any, **kw: Any) -> st
     )
 
 
-def as_date(value: ColumnElement[Any]) -> ColumnElement[Any]:
-    """Cast a bound value to DATE where the dialect needs it (PostgreSQL)."""
-    return cast(value, Date)
+class as_date(FunctionElement[Any]):  # noqa: N801
+    """A bound value typed as DATE: CAST on PostgreSQL, left as ISO text on SQLite.
+
+    (In SQLite, CAST(x AS DATE) has NUMERIC affinity and would turn '2026-12-04' into 2026.)
+    """
+
+    type = Date()
+    inherit_cache = True
+
+
+@compiles(as_date)
+def _as_date_default(element: as_date, compiler: Any, **kw: Any) -> str:
+    (value,) = list(element.clauses)
+    return f"CAST({compiler.process(value, **kw)} AS DATE)"
+
+
+@compiles(as_date, "sqlite")
+def _as_date_sqlite(element: as_date, compiler: Any, **kw: Any) -> str:
+    (value,) = list(element.clauses)
+    return str(compiler.process(value, **kw))
 
 
 def true_() -> ColumnElement[Any]:

@@ -127,6 +127,11 @@ def _in_zh_days(m: re.Match[str], today: date) -> date:
     return today + timedelta(days=int(m["zn"]) * (7 if m["zunit"] else 1))
 
 
+def _month_end(today: date) -> date:
+    first_of_next = date(today.year + today.month // 12, today.month % 12 + 1, 1)
+    return first_of_next - timedelta(days=1)
+
+
 def _day_of_month(m: re.Match[str], today: date) -> date | None:
     return _next_day_of_month(today, int(m["d1"] or m["d2"] or m["d3"]))
 
@@ -180,6 +185,10 @@ _RULES: tuple[tuple[str, Resolver], ...] = (
     (  # today, mañana (but not "esta mañana", this morning), 明天
         rf"(?<!la )(?<!esta ){_word(_alternation(_ASCII_RELATIVE))}|{_alternation(_CJK_RELATIVE)}",
         lambda m, loc, t: t + timedelta(days=RELATIVE_DAYS[m[0]]),
+    ),
+    (  # end of the month, fin de mes, 月底: the last day of this month
+        _word(r"end of (?:the |this )?month|(?:a )?fin(?:al)? del? mes") + "|月底|月末",
+        lambda m, loc, t: _month_end(t),
     ),
     (  # friday, fri, viernes
         _word(rf"(?P<wd>{_alternation(WEEKDAYS)})"),

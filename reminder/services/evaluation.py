@@ -34,7 +34,6 @@ from reminder.config import Config
 from reminder.db.sqlfn import as_date, days_between
 from reminder.db.tables import installments, loans, payments
 
-
 ZERO = literal_column("0")
 
 
@@ -128,7 +127,7 @@ def stage_table(config: Config) -> Any:
         column("hi", Integer),
         column("handoff", Integer),
         name="stage_ranges",
-    ).data(rows)
+    ).data(rows).cte("stage_ranges")
 
 
 def cadence_table(config: Config) -> Any:
@@ -148,7 +147,7 @@ def cadence_table(config: Config) -> Any:
         column("channel", String),
         column("every_days", Integer),
         name="cadence",
-    ).data(rows)
+    ).data(rows).cte("cadence")
 
 
 def in_range(dpd: ColumnElement[Any], ranges: Any) -> ColumnElement[bool]:

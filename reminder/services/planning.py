@@ -61,13 +61,14 @@ def contact_slots(conn: Connection, config: Config, run_at: datetime) -> list[Sl
 
 
 def _slot_table(slots: list[Slot]) -> Any:
-    return values(
+    table = values(
         column("timezone", String),
         column("not_before", UTCDateTime),
         column("holiday", Integer),
         column("weekend", Integer),
         name="slots",
     ).data([(s.timezone, s.not_before, int(bool(s.holiday)), int(s.weekend)) for s in slots])
+    return table.cte("slots")
 
 
 def _cap_table(config: Config, run_date: date) -> Any:
@@ -80,7 +81,7 @@ def _cap_table(config: Config, run_date: date) -> Any:
         column("cap", Integer),
         column("since", messages.c.run_date.type),
         name="caps",
-    ).data(rows)
+    ).data(rows).cte("caps")
 
 
 def _recent_contacts(config: Config, run_date: date) -> Any:

@@ -1,0 +1,181 @@
+"""One daily run: settle promises, evaluate and plan, place aged cases, dispatch what is due.
+
+Planning and placement happen in one transaction, so a crash leaves either the whole
+plan or none of it; a rerun of the same day inserts nothing new (unique keys) and the
+summary it prints describes the day as a whole, so it reads the same both times.
+The run records itself in `runs` (start, end, summary) so `serve` can tell a day was done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, exists, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from reminder.bootstrap import App
+from reminder.db.sqlfn import as_date
+from reminder.db.tables import cases, messages, promises, runs
+from reminder.services.dispatch import dispatch_due, worker_name
+from reminder.services.evaluation import in_range, loan_state, stage_table
+from reminder.services.placement import place_cases
+from reminder.services.planning import RunMoment, plan
+
+SENT_STATUSES = ("sent", "delivered")
+FAILED_STATUSES = ("failed", "undeliverable", "unknown")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    run_date: date | None = None  # None: today's run, happening now
+    dry_run: bool = False
+    dispatch: bool = True
+
+
+def moment_for(app: App, run_date: date | None) -> RunMoment:
+    """`--date D` happens at [run] time on D in the lender's timezone; else now."""
+    if run_date is None:
+        now = app.clock.now()
+        return RunMoment(now.astimezone(app.config.run.tz).date(), now)
+    at = datetime.combine(run_date, app.config.run.run_time, tzinfo=app.config.run.tz)
+    return RunMoment(run_date, at)
+
+
+def settle_promises(conn: Connection, app: App, moment: RunMoment) -> None:
+    """Promises whose date + grace has passed become kept (loan current) or broken."""
+    grace = app.config.policy.promise_grace_days
+    expired = promises.c.promised_on < as_date_literal(moment.run_date - timedelta(days=grace))
+    due = conn.execute(
+        select(promises.c.id, promises.c.borrower_id, promises.c.loan_id).where(
+            promises.c.status == "open", expired
+        )
+    ).all()
+    if not due:
+        return
+    state = loan_state(app.config, moment.run_date).subquery("state")
+    from reminder.db.tables import loans
+
+    still_overdue = {
+        row.borrower_id
+        for row in conn.execute(
+            select(loans.c.borrower_id)
+            .join(state, state.c.loan_id == loans.c.loan_id)
+            .where(state.c.overdue_cents > 0)
+        )
+    }
+    for promise_id, borrower_id, _loan_id in due:
+        status = "broken" if borrower_id in still_overdue else "kept"
+        conn.execute(
+            update(promises)
+            .where(promises.c.id == promise_id)
+            .values(status=status, closed_at=moment.run_at)
+        )
+
+
+def as_date_literal(value: date) -> Any:
+    from sqlalchemy import literal
+
+    return as_date(literal(value))
+
+
+def stage_counts(conn: Connection, app: App, run_date: date) -> dict[str, int]:
+    state = loan_state(app.config, run_date).subquery("state")
+    ranges = stage_table(app.config)
+    query = (
+        select(ranges.c.stage, func.count())
+        .select_from(state)
+        .join(ranges, in_range(state.c.dpd, ranges))
+        .where(state.c.episode.is_not(None))
+        .group_by(ranges.c.stage)
+    )
+    found = dict(conn.execute(query).all())
+    return {stage.name: int(found.get(stage.name, 0)) for stage in app.config.stages}
+
+
+def day_summary(conn: Connection, app: App, run_date: date) -> dict[str, Any]:
+    """The `reminder run --json` document for `run_date`, from what the database holds."""
+    on_day = messages.c.run_date == as_date_literal(run_date)
+    by_status = dict(
+        conn.execute(
+            select(messages.c.status, func.count()).where(on_day).group_by(messages.c.status)
+        ).all()
+    )
+    suppressed = dict(
+        conn.execute(
+            select(messages.c.reason, func.count())
+            .where(on_day, messages.c.status == "suppressed")
+            .group_by(messages.c.reason)
+        ).all()
+    )
+    placed = conn.execute(
+        select(func.count()).where(cases.c.placed_on == as_date_literal(run_date))
+    ).scalar_one()
+    return {
+        "date": run_date.isoformat(),
+        "stages": stage_counts(conn, app, run_date),
+        "planned": sum(n for status, n in by_status.items() if status != "suppressed"),
+        "suppressed": {reason: int(n) for reason, n in sorted(suppressed.items())},
+        "sent": sum(by_status.get(status, 0) for status in SENT_STATUSES),
+        "failed": sum(by_status.get(status, 0) for status in FAILED_STATUSES),
+        "placed": int(placed),
+    }
+
+
+def _start_ledger(conn: Connection, moment: RunMoment) -> None:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(
+        dialect.insert(runs)
+        .values(
+            run_date=moment.run_date,
+            status="running",
+            started_at=moment.run_at,
+            owner=worker_name(),
+        )
+        .on_conflict_do_nothing(index_elements=["run_date"])
+    )
+
+
+def _finish_ledger(conn: Connection, moment: RunMoment, summary: dict[str, Any]) -> None:
+    conn.execute(
+        update(runs)
+        .where(runs.c.run_date == moment.run_date)
+        .values(status="done", finished_at=moment.run_at, summary=summary)
+    )
+
+
+def run_day(app: App, options: RunOptions) -> dict[str, Any]:
+    """Carry out (or with dry_run, only compute) one daily run; returns its summary."""
+    moment = moment_for(app, options.run_date)
+    if options.dry_run:
+        with app.engine.connect() as conn:
+            transaction = conn.begin()
+            try:
+                _plan_day(conn, app, moment)
+                return day_summary(conn, app, moment.run_date) | {"dry_run": True}
+            finally:
+                transaction.rollback()
+    with app.engine.begin() as conn:
+        _start_ledger(conn, moment)
+        _plan_day(conn, app, moment)
+    if options.dispatch:
+        dispatch_due(app, moment.run_at if options.run_date else None)
+    with app.engine.begin() as conn:
+        summary = day_summary(conn, app, moment.run_date)
+        _finish_ledger(conn, moment, summary)
+    return summary
+
+
+def _plan_day(conn: Connection, app: App, moment: RunMoment) -> None:
+    settle_promises(conn, app, moment)
+    plan(conn, app.config, moment)
+    place_cases(conn, app.config, moment.run_date)
+
+
+def day_was_run(conn: Connection, run_date: date) -> bool:
+    return bool(
+        conn.execute(
+            select(exists().where(and_(runs.c.run_date == run_date, runs.c.status == "done")))
+        ).scalar()
+    )
