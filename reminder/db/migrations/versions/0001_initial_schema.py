@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-04 15:38:30.788321
+Create Date: 2026-12-04 15:45:21.490448
 """
 
 from __future__ import annotations
