@@ -93,7 +93,8 @@ class FakeTwilio:
         self.create_requests = 0
         self._server = _Server(("127.0.0.1", port), _Handler)
         self._server.fake = self
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        serve = self._server.serve_forever
+        self._thread = threading.Thread(target=serve, args=(0.05,), daemon=True)
 
     @property
     def port(self) -> int:
@@ -202,7 +203,8 @@ class FakeTwilio:
                 self._log.write(json.dumps(asdict(record)) + "\n")
                 self._log.flush()
         if kind == "message" and self.status_callback_base and record.status_callback:
-            args = (record, self.status_callback_base, self.auth_token, self.callback_statuses)
+            base, statuses = self.status_callback_base, self.callback_statuses
+            args = (record, base, self.account_sid, self.auth_token, statuses)
             threading.Thread(target=post_status_callbacks, args=args, daemon=True).start()
         return resource
 
@@ -218,6 +220,7 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else headers and body wait on delayed ACKs: +40 ms each
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
@@ -254,8 +257,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.headers.get("Authorization", "") != "Basic " + base64.b64encode(expected).decode():
             return self._error(401, 20003, "Authenticate")
         match = _ROUTE.match(url.path)
-        if not match or match["acct"] != fake.account_sid or (method == "POST") == bool(
-                match["sid"]):
+        if not match or match["acct"] != fake.account_sid or (method == "POST" and match["sid"]):
             return self._error(404, 20404, f"The requested resource {url.path} was not found")
         if method == "GET":
             return self._get(match["sid"], form, url.path)

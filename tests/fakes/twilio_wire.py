@@ -213,7 +213,7 @@ def list_page(resources: list[dict[str, Any]], query: dict[str, str], path: str)
 
 
 def post_status_callbacks(
-    record: Accepted, base: str, auth_token: str, statuses: tuple[str, ...]
+    record: Accepted, base: str, account_sid: str, auth_token: str, statuses: tuple[str, ...]
 ) -> None:
     """POST Twilio's status callbacks for ``record``, as a form signed like Twilio signs it.
 
@@ -224,7 +224,6 @@ def post_status_callbacks(
     parts = urlsplit(record.status_callback)
     target = base.rstrip("/") + parts.path + ("?" + parts.query if parts.query else "")
     signer = RequestValidator(auth_token)
-    account_sid = record_account(record)
     for status in statuses:
         form = {
             "MessageSid": record.sid, "SmsSid": record.sid, "MessageStatus": status,
