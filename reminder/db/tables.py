@@ -199,6 +199,7 @@ cases = Table(
     Column("closed_on", Date),
     Column("close_reason", String(40)),
     Column("recall_exported_at", UTCDateTime),
+    Column("recall_file", String(200)),  # the recall file naming the case (set before sending)
     Index("ix_cases_loan", "loan_id", "status"),
     Index("ix_cases_agency", "agency_id", "status"),
 )

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-04 15:45:21.490448
+Create Date: 2026-12-04 15:47:53.324063
 """
 
 from __future__ import annotations
@@ -149,6 +149,7 @@ def upgrade() -> None:
     sa.Column('closed_on', sa.Date(), nullable=True),
     sa.Column('close_reason', sa.String(length=40), nullable=True),
     sa.Column('recall_exported_at', reminder.db.types.UTCDateTime(), nullable=True),
+    sa.Column('recall_file', sa.String(length=200), nullable=True),
     sa.ForeignKeyConstraint(['loan_id'], ['loans.loan_id'], name=op.f('fk_cases_loan_id_loans')),
     sa.PrimaryKeyConstraint('case_id', name=op.f('pk_cases'))
     )
