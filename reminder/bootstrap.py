@@ -16,10 +16,10 @@ from typing import Any
 from sqlalchemy import Engine
 
 from reminder.clock import SystemClock
-from reminder.config import Config, load_config
+from reminder.config import AgencyConfig, Config, load_config
 from reminder.db.engine import make_engine
 from reminder.errors import ConfigError
-from reminder.ports import Clock, Sender
+from reminder.ports import AgencyTransport, Clock, Sender
 
 SenderFactory = Callable[[Config, str], Sender]
 
@@ -35,6 +35,34 @@ PROVIDERS: dict[str, dict[str, SenderFactory]] = {
     "sms": {"outbox": _outbox},
     "email": {"outbox": _outbox},
     "voice": {"outbox": _outbox},
+}
+
+
+def _folder_transport(config: Config, agency: AgencyConfig) -> AgencyTransport:
+    from integrations.folder_transport import FolderTransport
+
+    return FolderTransport.from_config(config, agency)
+
+
+def _sftp_transport(config: Config, agency: AgencyConfig) -> AgencyTransport:
+    from integrations.sftp_transport import SftpTransport
+
+    return SftpTransport.from_config(config, agency)
+
+
+def _https_transport(config: Config, agency: AgencyConfig) -> AgencyTransport:
+    from integrations.https_transport import HttpsTransport
+
+    return HttpsTransport.from_config(config, agency)
+
+
+TransportFactory = Callable[[Config, AgencyConfig], AgencyTransport]
+
+# [[agencies]] transport -> factory; built when a file is sent (credentials read then).
+AGENCY_TRANSPORTS: dict[str, TransportFactory] = {
+    "folder": _folder_transport,
+    "sftp": _sftp_transport,
+    "https": _https_transport,
 }
 
 
