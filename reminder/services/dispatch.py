@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, select, tuple_, update
+from sqlalchemy import Connection, bindparam, func, select, tuple_, update
 
 from reminder.bootstrap import App
 from reminder.db.tables import borrowers, contact_flags, loans, messages
@@ -91,33 +91,38 @@ def claim(conn: Connection, now: datetime, limit: int, worker: str) -> list[dict
     )
     if conn.dialect.name == "postgresql":
         leaders = leaders.with_for_update(skip_locked=True)
-    keys = [tuple(row) for row in conn.execute(leaders)]
+    keys = {tuple(row) for row in conn.execute(leaders)}
     if not keys:
         return []
-    in_group = and_(
-        tuple_(*GROUP).in_(keys),
-        messages.c.status == "planned",
-        messages.c.not_before <= now,
-    )
-    rows = [dict(row._mapping) for row in conn.execute(select(messages).where(in_group))]
+    # Fetch by borrower (one IN list), keep the exact groups: cheaper than a tuple IN.
+    candidates = conn.execute(
+        select(messages).where(
+            messages.c.borrower_id.in_(sorted({key[0] for key in keys})),
+            messages.c.status == "planned",
+            messages.c.not_before <= now,
+        )
+    ).mappings()
+    rows = [
+        dict(row) for row in candidates
+        if (row["borrower_id"], row["channel"], row["run_date"]) in keys
+    ]
     batch_of: dict[tuple[Any, ...], str] = {}
     for row in sorted(rows, key=lambda r: r["id"]):
         key = (row["borrower_id"], row["channel"], row["run_date"])
         batch_of.setdefault(key, f"{row['run_date']:%Y%m%d}-{row['channel']}-{row['id']}")
-    for key, batch in batch_of.items():
-        conn.execute(
-            update(messages)
-            .where(in_group, tuple_(*GROUP) == key)
-            .values(
-                status="sending",
-                batch_key=batch,
-                claimed_by=worker,
-                attempts=messages.c.attempts + 1,
-                updated_at=now,
-            )
-        )
-    for row in rows:
-        row["batch_key"] = batch_of[(row["borrower_id"], row["channel"], row["run_date"])]
+        row["batch_key"] = batch_of[key]
+    conn.execute(
+        update(messages)
+        .where(messages.c.id == bindparam("row_id"), messages.c.status == "planned")
+        .values(
+            status="sending",
+            batch_key=bindparam("row_batch"),
+            claimed_by=worker,
+            attempts=messages.c.attempts + 1,
+            updated_at=now,
+        ),
+        [{"row_id": row["id"], "row_batch": row["batch_key"]} for row in rows],
+    )
     return rows
 
 
