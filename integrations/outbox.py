@@ -37,3 +37,10 @@ class OutboxSender:
         temporary.write_text("\n".join(lines), encoding="utf-8")
         os.replace(temporary, final)
         return SendResult(provider=self.provider, provider_id=f"outbox:{final.name}")
+
+    def lookup(self, message: OutgoingMessage, since: object = None) -> SendResult | None:
+        """The file an earlier send of this reference wrote, if any (crash reconciliation)."""
+        final = self.root / self.channel / f"{message.reference}.txt"
+        if not final.exists():
+            return None
+        return SendResult(provider=self.provider, provider_id=f"outbox:{final.name}")

@@ -30,11 +30,35 @@ def _outbox(config: Config, channel: str) -> Sender:
     return OutboxSender(config.resolve_path(config.outbox.path), channel)
 
 
+def _twilio_sms(config: Config, channel: str) -> Sender:
+    from integrations.twilio_sms import TwilioSmsSender
+
+    return TwilioSmsSender(config, channel)
+
+
+def _twilio_voice(config: Config, channel: str) -> Sender:
+    from integrations.twilio_voice import TwilioVoiceCaller
+
+    return TwilioVoiceCaller(config, channel)
+
+
+def _sendgrid(config: Config, channel: str) -> Sender:
+    from integrations.sendgrid_email import SendGridEmailSender
+
+    return SendGridEmailSender(config, channel)
+
+
+def _smtp(config: Config, channel: str) -> Sender:
+    from integrations.smtp_email import SmtpEmailSender
+
+    return SmtpEmailSender(config, channel)
+
+
 # channel -> provider name -> factory. Later adapters register here, nowhere else.
 PROVIDERS: dict[str, dict[str, SenderFactory]] = {
-    "sms": {"outbox": _outbox},
-    "email": {"outbox": _outbox},
-    "voice": {"outbox": _outbox},
+    "sms": {"outbox": _outbox, "twilio": _twilio_sms},
+    "email": {"outbox": _outbox, "sendgrid": _sendgrid, "smtp": _smtp},
+    "voice": {"outbox": _outbox, "twilio": _twilio_voice},
 }
 
 
