@@ -51,7 +51,7 @@ def contact_slots(conn: Connection, config: Config, run_at: datetime) -> list[Sl
     """The first allowed contact instant for every timezone borrowers live in."""
     lender_tz = config.run.timezone
     zones = conn.execute(
-        select(distinct(func.coalesce(borrowers.c.timezone, lender_tz)))
+        select(func.coalesce(borrowers.c.timezone, lender_tz)).distinct()
     ).scalars()
     policy = config.policy
     return [
