@@ -162,7 +162,8 @@ def test_risk_grade_override_changes_cadence_and_channels(
     _run(engine, config, clock, D + timedelta(days=1))
     grade_e = {(row["run_date"], row["channel"]) for row in _rows(engine, loan_id="LE")}
     grade_b = {(row["run_date"], row["channel"]) for row in _rows(engine, loan_id="LB")}
-    assert grade_e == {(D + timedelta(days=k), c) for k in (0, 1) for c in ("sms", "email", "voice")}
+    every_channel = ("sms", "email", "voice")
+    assert grade_e == {(D + timedelta(days=k), c) for k in (0, 1) for c in every_channel}
     assert grade_b == {(D, "sms"), (D, "email")}
 
 
