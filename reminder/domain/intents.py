@@ -27,7 +27,7 @@ import unicodedata
 from dataclasses import dataclass, replace
 from datetime import date
 
-from reminder.domain.promise_dates import DateMention, find_promise_date
+from reminder.domain.promise_dates import DateMention, find_dates, nearest_date
 
 PRECEDENCE = ("stop", "dispute", "paid", "promise", "callback", "help", "start")
 KINDS = frozenset({*PRECEDENCE, "unknown"})
@@ -120,10 +120,10 @@ _EN_WORDS = frozenset({
     "i", "im", "ive", "ill", "the", "my", "please", "already", "paid", "pay", "paying", "will",
     "call", "promise", "tomorrow", "today", "days", "day", "week", "weeks", "wrong", "person",
     "number", "loan", "debt", "dispute", "this", "is", "on", "it", "you", "yes", "can", "cant",
-    "dont", "owe", "in", "back", "monday", "tuesday", "wednesday", "thursday", "friday",
-    "saturday", "sunday", "mon", "tue", "wed", "thu", "fri", "sat", "sun", "january", "february",
-    "march", "april", "june", "july", "august", "september", "october", "november", "december",
-    "jan", "feb", "apr", "jun", "jul", "aug", "sep", "oct", "nov", "dec"
+    "dont", "owe", "in", "back", "payment", "next", "monday", "tuesday", "wednesday", "thursday",
+    "friday", "saturday", "sunday", "mon", "tue", "wed", "thu", "fri", "sat", "sun", "january",
+    "february", "march", "april", "june", "july", "august", "september", "october", "november",
+    "december", "jan", "feb", "apr", "jun", "jul", "aug", "sep", "oct", "nov", "dec"
 })  # fmt: skip
 
 
@@ -149,8 +149,9 @@ def guess_language(text: str) -> str | None:
 
 
 def _negated(norm: str, start: int) -> bool:
-    """Whether a negation comes shortly before `start` in the same clause."""
-    clause = _CLAUSE_END.split(norm[:start])[-1]
+    """Whether a negation comes shortly (three words, six characters) before `start` in the
+    same clause; only the last 60 characters are looked at, so long emails stay linear."""
+    clause = _CLAUSE_END.split(norm[max(0, start - 60) : start])[-1]
     latin = re.findall(r"[a-z]+", clause)[-3:]
     return any(word in _NEGATORS for word in latin) or bool(_ZH_NEGATORS & set(clause[-6:]))
 
@@ -165,8 +166,9 @@ def _promise(norm: str, *, locale: str, today: date, max_days: int) -> Intent | 
     """A promise intent, checking its date, or None when the reply promises nothing."""
     strong = [(start, True) for start in _hits(norm, "promise")]
     weak = [(start, False) for start in _hits(norm, "weak_promise")]
+    mentions = find_dates(norm, locale=locale, today=today) if strong or weak else []
     for anchor, is_strong in sorted(strong + weak):
-        mention = find_promise_date(norm, anchor, locale=locale, today=today)
+        mention = nearest_date(mentions, anchor)
         if is_strong or mention is not None:
             return _checked_promise(mention, today=today, max_days=max_days)
     return None

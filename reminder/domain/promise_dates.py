@@ -9,6 +9,7 @@ today, because "friday" said on a Friday means next week.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -217,17 +218,19 @@ def find_dates(text: str, *, locale: str, today: date) -> list[DateMention]:
         for pattern, resolve in _COMPILED
         for m in pattern.finditer(text)
     ]
-    kept: list[DateMention] = []
+    kept: list[DateMention] = []  # sorted by start, never overlapping
     for mention in sorted(found, key=lambda d: (d.start - d.end, d.start)):
-        if all(mention.end <= k.start or mention.start >= k.end for k in kept):
-            kept.append(mention)
-    return sorted(kept, key=lambda d: d.start)
+        at = bisect.bisect(kept, mention.start, key=lambda d: d.start)
+        clear_before = at == 0 or kept[at - 1].end <= mention.start
+        if clear_before and (at == len(kept) or mention.end <= kept[at].start):
+            kept.insert(at, mention)
+    return kept
 
 
-def find_promise_date(text: str, anchor: int, *, locale: str, today: date) -> DateMention | None:
+def nearest_date(mentions: list[DateMention], anchor: int) -> DateMention | None:
     """The date that goes with the promise word at `anchor`: the first after it, else the
     nearest before it ("12月20日还" puts the date first). None when no date is named."""
-    mentions = find_dates(text, locale=locale, today=today)
-    after = [d for d in mentions if d.start >= anchor]
-    before = [d for d in mentions if d.start < anchor]
-    return after[0] if after else (before[-1] if before else None)
+    at = bisect.bisect_left(mentions, anchor, key=lambda d: d.start)
+    if at < len(mentions):
+        return mentions[at]
+    return mentions[-1] if mentions else None
