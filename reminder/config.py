@@ -257,6 +257,8 @@ class Config(_Model):
 def _field_name(loc: tuple[object, ...]) -> str:
     parts: list[str] = []
     for item in loc:
+        if item == "[key]":
+            continue
         if isinstance(item, int):
             parts.append(f"[{item}]")
         else:
