@@ -7,6 +7,7 @@ watching the folder sees either the whole file or nothing under the final name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -43,7 +44,8 @@ class FolderTransport:
             os.replace(temporary, final)
             _fsync_dir(self.folder)
         except OSError as exc:
-            temporary.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
             raise TransportError(f"folder {self.folder}: {exc.strerror or exc}") from exc
         return TransportResult(location=str(final))
 
@@ -55,8 +57,7 @@ def _fsync_dir(folder: Path) -> None:
     except OSError:
         return
     try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
+        with contextlib.suppress(OSError):
+            os.fsync(descriptor)
     finally:
         os.close(descriptor)
