@@ -1,36 +1,46 @@
 """The dispatcher: sends planned messages whose `not_before` has come, never twice.
 
-A send is three committed steps. (1) Claim: the due rows of one borrower, channel and
-run date move `planned -> sending` together with a shared `batch_key` (one consolidated
-message). (2) Re-check and send: the policy is evaluated again (a payment at 07:30 cancels
-the 08:00 SMS), the text is rendered and handed to the channel's adapter. (3) Record: the
-rows become `sent` with the provider's id, or go back to `planned` (transient error) or
-end `failed` (permanent error). A row left in `sending` by a crash is reconciled through
-the adapter's `lookup(reference)` when it has one, else marked `unknown` for a person.
+A send is three committed steps. (1) Claim (`claiming`): the due rows of one borrower,
+channel and run date move `planned -> sending` together with a shared `batch_key` (one
+consolidated message, our reference at the provider); in the same commit the policy is
+re-checked (a payment at 07:30 cancels the 08:00 SMS) and the rendered body is stored.
+(2) Send (`sending`, in a bounded thread pool per channel): each attempt takes a token
+from the channel's rate limiter; transient errors are retried with backoff.
+(3) Record: `sent` with the provider's id; `failed` with the provider's code (and an
+opt-out flag on Twilio 21610 / SendGrid unsubscribes); back to `planned` after the retry
+budget, with the attempt count, the error and `not_before` pushed back.
+Each pass starts by reconciling rows a crashed dispatcher left in `sending` (`reconcile`).
+
+The guarantee: a message is handed to a provider at most once per claim, and a claim
+that may have reached the provider is never re-sent without the provider saying it did
+not (lookup), nor at all when it cannot say: the row ends `unknown` for a person.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
-from collections import defaultdict
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, tuple_, update
+from sqlalchemy import Connection, and_, exists, select, update
 
 from reminder.bootstrap import App
-from reminder.db.tables import borrowers, contact_flags, loans, messages
+from reminder.db.tables import contact_flags, messages
 from reminder.errors import PermanentSendError, TransientSendError
-from reminder.ports import OutgoingMessage, SendResult
-from reminder.rendering import LoanLine, Renderer
-from reminder.services.evaluation import loan_state
-from reminder.services.policy import PolicyInputs, suppression_reason
+from reminder.rendering import Renderer
+from reminder.services.claiming import claim_and_prepare
+from reminder.services.reconcile import reconcile_sending
+from reminder.services.sending import Outcome, RateLimiter, RetryPolicy, deliver, shared_bucket
 
 log = logging.getLogger(__name__)
-GROUP = (messages.c.borrower_id, messages.c.channel, messages.c.run_date)
+CHANNELS = ("sms", "email", "voice")
+DEFAULT_CONCURRENCY = 32
+MAX_CLAIMS = 8  # a message still failing transiently after this many passes ends `failed`
 
 
 @dataclass
@@ -39,6 +49,7 @@ class DispatchReport:
     failed: int = 0
     cancelled: int = 0
     deferred: int = 0
+    unknown: int = 0
     errors: list[str] = field(default_factory=list)
 
     def add(self, other: DispatchReport) -> None:
@@ -46,6 +57,7 @@ class DispatchReport:
         self.failed += other.failed
         self.cancelled += other.cancelled
         self.deferred += other.deferred
+        self.unknown += other.unknown
         self.errors.extend(other.errors)
 
 
@@ -61,269 +73,139 @@ def mask(address: str) -> str:
     return f"{address[:3]}***{address[-2:]}" if len(address) > 5 else "***"
 
 
-def claim(conn: Connection, now: datetime, limit: int, worker: str) -> list[dict[str, Any]]:
-    """Move up to `limit` due groups to `sending`; returns the claimed rows.
+@dataclass
+class _Lane:
+    """One channel's share of a pass: its pool, limiter and what is in flight."""
 
-    A group (borrower, channel, run date) is claimed through its *leader*, the planned row
-    with the smallest id: workers lock leaders with SKIP LOCKED on PostgreSQL, so two
-    workers never split one borrower's consolidated message between them.
+    channel: str
+    pool: ThreadPoolExecutor
+    limiter: RateLimiter
+    target: int  # in flight at most: about one second of sends, within the pool size
+    inflight: set[Future[Outcome]] = field(default_factory=set)
+    exhausted: bool = False
+
+
+def _lane(app: App, channel: str, limiter: RateLimiter | None) -> _Lane:
+    settings = app.config.channel(channel)
+    size = int((settings.model_extra or {}).get("concurrency", DEFAULT_CONCURRENCY))
+    target = max(1, min(size, math.ceil(settings.rate_per_second)))
+    bucket = limiter or shared_bucket(channel, settings.rate_per_second)
+    return _Lane(channel, ThreadPoolExecutor(size, f"send-{channel}"), bucket, target)
+
+
+def dispatch_due(
+    app: App,
+    now: datetime | None = None,
+    *,
+    retry: RetryPolicy | None = None,
+    limiters: dict[str, RateLimiter] | None = None,
+) -> DispatchReport:
+    """Reconcile interrupted sends, then send everything due at `now` (default: the clock).
+
+    Channels run side by side, each keeping about a second's worth of sends in flight
+    (never more than its `concurrency`), so a crash leaves few claims to reconcile.
     """
-    peer = messages.alias("peer")
-    leader_id = (
-        select(func.min(peer.c.id))
-        .where(
-            peer.c.borrower_id == messages.c.borrower_id,
-            peer.c.channel == messages.c.channel,
-            peer.c.run_date == messages.c.run_date,
-            peer.c.status == "planned",
-        )
-        .scalar_subquery()
-    )
-    leaders = (
-        select(*GROUP)
-        .where(
-            messages.c.status == "planned",
-            messages.c.not_before <= now,
-            messages.c.id == leader_id,
-        )
-        .order_by(messages.c.not_before, messages.c.id)
-        .limit(limit)
-    )
-    if conn.dialect.name == "postgresql":
-        leaders = leaders.with_for_update(skip_locked=True)
-    keys = {tuple(row) for row in conn.execute(leaders)}
-    if not keys:
-        return []
-    # Fetch by borrower (one IN list), keep the exact groups: cheaper than a tuple IN.
-    candidates = conn.execute(
-        select(messages).where(
-            messages.c.borrower_id.in_(sorted({key[0] for key in keys})),
-            messages.c.status == "planned",
-            messages.c.not_before <= now,
-        )
-    ).mappings()
-    rows = [
-        dict(row) for row in candidates
-        if (row["borrower_id"], row["channel"], row["run_date"]) in keys
-    ]
-    batch_of: dict[tuple[Any, ...], str] = {}
-    for row in sorted(rows, key=lambda r: r["id"]):
-        key = (row["borrower_id"], row["channel"], row["run_date"])
-        batch_of.setdefault(key, f"{row['run_date']:%Y%m%d}-{row['channel']}-{row['id']}")
-        row["batch_key"] = batch_of[key]
+    now = now or app.clock.now()
+    retry = retry or RetryPolicy()
+    report = DispatchReport()
+    settled = reconcile_sending(app, now)
+    report.sent, report.unknown = settled.sent, settled.unknown
+    renderer = Renderer(app.config)
+    worker = worker_name()
+    lanes = [_lane(app, c, (limiters or {}).get(c)) for c in CHANNELS]
+    try:
+        while True:
+            for lane in lanes:
+                if not lane.exhausted and len(lane.inflight) <= lane.target // 2:
+                    _refill(app, renderer, lane, now, worker, retry, report)
+            running = set().union(*(lane.inflight for lane in lanes))
+            if not running:
+                return report
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for lane in lanes:
+                lane.inflight -= done
+            with app.engine.begin() as conn:
+                for future in done:
+                    _record(conn, future.result(), now, report)
+    finally:
+        for lane in lanes:
+            lane.pool.shutdown(wait=True, cancel_futures=False)
+
+
+def _refill(app: App, renderer: Renderer, lane: _Lane, now: datetime, worker: str,
+            retry: RetryPolicy, report: DispatchReport) -> None:  # fmt: skip
+    limit = lane.target - len(lane.inflight)
+    with app.engine.begin() as conn:
+        claimed = claim_and_prepare(conn, app.config, renderer, now, limit, worker, lane.channel)
+    if claimed is None:
+        lane.exhausted = True
+        return
+    report.cancelled += claimed.cancelled
+    report.failed += claimed.failed
+    report.errors.extend(claimed.errors)
+    if claimed.prepared:
+        sender = app.sender(lane.channel)
+        for prepared in claimed.prepared:
+            lane.inflight.add(lane.pool.submit(deliver, sender, lane.limiter, prepared, retry))
+
+
+def _record(conn: Connection, outcome: Outcome, now: datetime, report: DispatchReport) -> None:
+    prepared, error = outcome.prepared, outcome.error
+    ids = list(prepared.ids)
+    if outcome.result is not None:
+        result = outcome.result
+        _set(conn, ids, now, status=result.status, provider=result.provider,
+             provider_id=result.provider_id, sent_at=now, error=None, error_code=None)  # fmt: skip
+        report.sent += len(ids)
+    elif isinstance(error, TransientSendError):
+        claims = _claims(conn, ids)
+        if claims >= MAX_CLAIMS:
+            _set(conn, ids, now, status="failed", error_code=error.code,
+                 error=f"gave up after {claims} passes: {error}"[:500])  # fmt: skip
+            report.failed += len(ids)
+            return
+        pause = max(error.retry_after or 0.0, 30.0 * 2 ** (claims - 1))
+        _set(conn, ids, now, status="planned", error=str(error)[:500], error_code=error.code,
+             not_before=now + timedelta(seconds=min(pause, 3600)))  # fmt: skip
+        report.deferred += len(ids)
+    elif isinstance(error, PermanentSendError):
+        _set(conn, ids, now, status="failed", error=str(error)[:500], error_code=error.code)
+        if error.opted_out:
+            _opt_out(conn, prepared.borrower_id, prepared.channel, now, error.code or "")
+        report.failed += len(ids)
+        log.warning("send %s to %s failed: %s", prepared.outgoing.reference,
+                    mask(prepared.outgoing.to or ""), error.code)  # fmt: skip
+    else:
+        note = f"{error}; it may have been sent: check the provider before re-sending"
+        _set(conn, ids, now, status="unknown", error=note[:500], error_code="unknown")
+        report.unknown += len(ids)
+
+
+def _claims(conn: Connection, ids: list[int]) -> int:
+    found = conn.execute(select(messages.c.attempts).where(messages.c.id.in_(ids))).scalars()
+    return max(found, default=1)
+
+
+def _set(conn: Connection, ids: list[int], now: datetime, **values: Any) -> None:
     conn.execute(
         update(messages)
-        .where(messages.c.id == bindparam("row_id"), messages.c.status == "planned")
-        .values(
-            status="sending",
-            batch_key=bindparam("row_batch"),
-            claimed_by=worker,
-            attempts=messages.c.attempts + 1,
-            updated_at=now,
-        ),
-        [{"row_id": row["id"], "row_batch": row["batch_key"]} for row in rows],
-    )
-    return rows
-
-
-def recheck(
-    conn: Connection, app: App, rows: list[dict[str, Any]], today: date, now: datetime
-) -> dict[int, tuple[str, dict[str, Any] | None]]:
-    """For each claimed row: the reason it must not go out now (or None), and loan state."""
-    ids = [row["id"] for row in rows]
-    loan_ids = sorted({row["loan_id"] for row in rows})
-    state = loan_state(app.config, today, loan_ids).subquery("state")
-    reason = suppression_reason(
-        PolicyInputs(
-            loan_id=messages.c.loan_id,
-            loan_status=loans.c.status,
-            borrower_id=messages.c.borrower_id,
-            channel=messages.c.channel,
-        ),
-        app.config,
-        today,
-        now,
-    )
-    query = (
-        select(
-            messages.c.id,
-            reason.label("reason"),
-            state.c.episode,
-            state.c.overdue_cents,
-            borrowers.c.name,
-            borrowers.c.phone,
-            borrowers.c.email,
-            loans.c.currency,
-        )
-        .join(loans, loans.c.loan_id == messages.c.loan_id)
-        .join(borrowers, borrowers.c.borrower_id == messages.c.borrower_id)
-        .outerjoin(state, state.c.loan_id == messages.c.loan_id)
-        .where(messages.c.id.in_(ids))
-    )
-    by_id = {row["id"]: row for row in rows}
-    decided: dict[int, tuple[str, dict[str, Any] | None]] = {}
-    for found in conn.execute(query).mappings():
-        message = by_id[found["id"]]
-        why = found["reason"]
-        if why is None and found["episode"] != message["episode"]:
-            why = "no_longer_due"
-        decided[found["id"]] = (why, dict(found))
-    return decided
-
-
-def _outgoing(
-    app: App, renderer: Renderer, group: list[dict[str, Any]], info: dict[str, Any]
-) -> OutgoingMessage:
-    channel = group[0]["channel"]
-    locale = group[0]["locale"] or app.config.run.default_locale
-    lines = [
-        LoanLine(
-            loan_id=row["loan_id"],
-            currency=row["_info"]["currency"],
-            amount=_amount(row),
-            due_date=row["episode"],
-            dpd=row["dpd"],
-            stage=row["stage"],
-        )
-        for row in group
-    ]
-    lead = max(lines, key=lambda line: line.dpd)
-    context = renderer.context({"name": info["name"]}, lines, locale)
-    rendered = renderer.render(channel, lead.stage, locale, context)
-    to = info["email"] if channel == "email" else info["phone"]
-    headers: dict[str, str] = {}
-    if channel == "email" and app.config.lender.unsubscribe_url:
-        headers["List-Unsubscribe"] = f"<{app.config.lender.unsubscribe_url}>"
-    return OutgoingMessage(
-        message_ids=tuple(row["id"] for row in group),
-        channel=channel,
-        to=to,
-        body=rendered.body,
-        subject=rendered.subject,
-        html=rendered.html,
-        locale=locale,
-        reference=group[0]["batch_key"],
-        headers=headers,
-    )
-
-
-def _amount(row: dict[str, Any]) -> Any:
-    from reminder.db.types import from_cents
-
-    cents = row["_info"]["overdue_cents"] or 0
-    if row["dpd"] < 0 or cents == 0:
-        # upcoming: what falls due next is not yet "overdue"; show the installment due
-        return row["_due_cents_decimal"]
-    return from_cents(cents)
-
-
-def _record(conn: Connection, ids: list[int], now: datetime, **values: Any) -> None:
-    conn.execute(
-        update(messages).where(messages.c.id.in_(ids)).values(updated_at=now, **values)
+        .where(messages.c.id.in_(ids), messages.c.status == "sending")
+        .values(updated_at=now, **values)
     )
 
 
 def _opt_out(conn: Connection, borrower_id: str, channel: str, now: datetime, code: str) -> None:
+    """Record the provider's word that the borrower unsubscribed (once)."""
+    active = exists().where(
+        and_(contact_flags.c.borrower_id == borrower_id, contact_flags.c.kind == "opt_out",
+             contact_flags.c.channel == channel, contact_flags.c.lifted_at.is_(None))
+    )  # fmt: skip
+    if conn.execute(select(active)).scalar():
+        return
     conn.execute(
         contact_flags.insert().values(
-            borrower_id=borrower_id,
-            kind="opt_out",
-            channel=channel,
-            source=f"provider:{code}",
+            borrower_id=borrower_id, kind="opt_out", channel=channel,
+            source=f"provider:{code}"[:40], created_at=now,
             note="the provider reports the recipient unsubscribed",
-            created_at=now,
         )
-    )
-
-
-def dispatch_due(app: App, now: datetime | None = None, *, batch: int = 200) -> DispatchReport:
-    """Send everything due at `now` (default: the clock), batch after batch."""
-    now = now or app.clock.now()
-    today = now.astimezone(app.config.run.tz).date()
-    renderer = Renderer(app.config)
-    worker = worker_name()
-    report = DispatchReport()
-    while True:
-        with app.engine.begin() as conn:
-            rows = claim(conn, now, batch, worker)
-        if not rows:
-            return report
-        report.add(_send_claimed(app, renderer, rows, today, now))
-
-
-def _send_claimed(
-    app: App, renderer: Renderer, rows: list[dict[str, Any]], today: date, now: datetime
-) -> DispatchReport:
-    report = DispatchReport()
-    with app.engine.begin() as conn:
-        decided = recheck(conn, app, rows, today, now)
-        due_cents = _next_due_cents(conn, rows)
-        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for row in rows:
-            why, info = decided[row["id"]]
-            if why is not None:
-                _record(conn, [row["id"]], now, status="suppressed", reason=why)
-                report.cancelled += 1
-                continue
-            row["_info"] = info
-            row["_due_cents_decimal"] = due_cents.get(row["loan_id"])
-            groups[row["batch_key"]].append(row)
-    for group in groups.values():
-        report.add(_send_group(app, renderer, group, now))
-    return report
-
-
-def _next_due_cents(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """For upcoming reminders: the amount of the installment falling due on the episode."""
-    from reminder.db.tables import installments
-
-    keys = {(row["loan_id"], row["episode"]) for row in rows}
-    query = select(installments.c.loan_id, installments.c.due_date, installments.c.amount_due)
-    query = query.where(tuple_(installments.c.loan_id, installments.c.due_date).in_(list(keys)))
-    return {loan_id: amount for loan_id, _, amount in conn.execute(query)}
-
-
-def _send_group(
-    app: App, renderer: Renderer, group: list[dict[str, Any]], now: datetime
-) -> DispatchReport:
-    report = DispatchReport()
-    ids = [row["id"] for row in group]
-    info = group[0]["_info"]
-    channel = group[0]["channel"]
-    try:
-        outgoing = _outgoing(app, renderer, group, info)
-    except Exception as exc:  # a template or data problem: this group fails, others go on
-        with app.engine.begin() as conn:
-            _record(conn, ids, now, status="failed", error=f"render: {exc}", error_code="render")
-        report.failed += len(ids)
-        report.errors.append(f"render {group[0]['batch_key']}: {exc}")
-        return report
-    try:
-        result: SendResult = app.sender(channel).send(outgoing)
-    except TransientSendError as exc:
-        with app.engine.begin() as conn:
-            _record(conn, ids, now, status="planned", error=str(exc), error_code=exc.code)
-        report.deferred += len(ids)
-        return report
-    except PermanentSendError as exc:
-        with app.engine.begin() as conn:
-            _record(conn, ids, now, status="failed", error=str(exc), error_code=exc.code)
-            if exc.opted_out:
-                _opt_out(conn, group[0]["borrower_id"], channel, now, exc.code or "")
-        report.failed += len(ids)
-        log.warning("send failed for %s: %s", mask(str(info.get("phone") or "")), exc.code)
-        return report
-    with app.engine.begin() as conn:
-        _record(
-            conn,
-            ids,
-            now,
-            status=result.status,
-            provider=result.provider,
-            provider_id=result.provider_id,
-            sent_at=now,
-            body=outgoing.body,
-            subject=outgoing.subject,
-        )
-    report.sent += len(ids)
-    return report
+    )  # fmt: skip

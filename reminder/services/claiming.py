@@ -1,0 +1,223 @@
+"""Claim, re-check and prepare: one transaction turns due `planned` rows into `sending`.
+
+A group (borrower, channel, run date) is one consolidated message. In the same commit the
+group is claimed, the contact policy is evaluated again (a payment at 07:30 cancels the
+08:00 SMS: `suppressed`, reason `no_longer_due`, or the policy's own reason), the text is
+rendered and stored on the rows. So a row in `sending` always carries the exact body that
+may have reached the provider, which is what crash reconciliation looks it up by.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, case, func, select, update
+
+from reminder.config import Config
+from reminder.db.tables import borrowers, installments, loans, messages
+from reminder.db.types import from_cents
+from reminder.ports import OutgoingMessage
+from reminder.rendering import LoanLine, Renderer
+from reminder.services.evaluation import cents, loan_state
+from reminder.services.policy import PolicyInputs, suppression_reason
+from reminder.services.sending import Prepared
+
+GROUP = (messages.c.borrower_id, messages.c.channel, messages.c.run_date)
+
+
+@dataclass
+class Claimed:
+    """What one claim transaction produced."""
+
+    prepared: list[Prepared] = field(default_factory=list)
+    cancelled: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+    rows: int = 0
+
+
+def claim(conn: Connection, now: datetime, limit: int, worker: str,
+          channel: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Move up to `limit` due groups (of `channel`) to `sending`; returns the claimed rows.
+
+    A group is claimed through its *leader*, the planned row with the smallest id: workers
+    lock leaders with SKIP LOCKED on PostgreSQL, so two workers never split a message.
+    """
+    peer = messages.alias("peer")
+    leader_id = (
+        select(func.min(peer.c.id))
+        .where(
+            peer.c.borrower_id == messages.c.borrower_id,
+            peer.c.channel == messages.c.channel,
+            peer.c.run_date == messages.c.run_date,
+            peer.c.status == "planned",
+        )
+        .scalar_subquery()
+    )
+    due = [messages.c.status == "planned", messages.c.not_before <= now]
+    if channel is not None:
+        due.append(messages.c.channel == channel)
+    leaders = (
+        select(*GROUP)
+        .where(*due, messages.c.id == leader_id)
+        .order_by(messages.c.not_before, messages.c.id)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        leaders = leaders.with_for_update(skip_locked=True)
+    keys = {tuple(row) for row in conn.execute(leaders)}
+    if not keys:
+        return []
+    # Fetch by borrower (one IN list), keep the exact groups: cheaper than a tuple IN.
+    candidates = conn.execute(
+        select(messages).where(messages.c.borrower_id.in_(sorted({k[0] for k in keys})), *due)
+    ).mappings()
+    rows = [dict(row) for row in candidates if tuple(row[c.name] for c in GROUP) in keys]
+    batch_of: dict[tuple[Any, ...], str] = {}
+    for row in sorted(rows, key=lambda r: r["id"]):
+        key = (row["borrower_id"], row["channel"], row["run_date"])
+        batch_of.setdefault(key, f"{row['run_date']:%Y%m%d}-{row['channel']}-{row['id']}")
+        row["batch_key"] = batch_of[key]
+    conn.execute(
+        update(messages)
+        .where(messages.c.id == bindparam("row_id"), messages.c.status == "planned")
+        .values(status="sending", batch_key=bindparam("row_batch"), claimed_by=worker,
+                attempts=messages.c.attempts + 1, updated_at=now),
+        [{"row_id": row["id"], "row_batch": row["batch_key"]} for row in rows],
+    )  # fmt: skip
+    return rows
+
+
+def recheck(conn: Connection, config: Config, rows: list[dict[str, Any]], today: date,
+            now: datetime) -> dict[int, dict[str, Any]]:  # fmt: skip
+    """Per claimed row: `reason` it must not go out now (or None), the borrower's address
+    and name, and `amount_cents`: what to ask for (the overdue balance, or for an upcoming
+    due the unpaid part of the installment falling due)."""
+    loan_ids = sorted({row["loan_id"] for row in rows})
+    state = loan_state(config, today, loan_ids).subquery("state")
+    reason = suppression_reason(
+        PolicyInputs(loan_id=messages.c.loan_id, loan_status=loans.c.status,
+                     borrower_id=messages.c.borrower_id, channel=messages.c.channel),
+        config, today, now,
+    )  # fmt: skip
+    due_through_episode = (
+        select(func.coalesce(func.sum(cents(installments.c.amount_due)), 0))
+        .where(installments.c.loan_id == messages.c.loan_id,
+               installments.c.due_date <= state.c.episode)
+        .scalar_subquery()
+    )  # fmt: skip
+    amount = case(
+        (state.c.overdue_cents > 0, state.c.overdue_cents),
+        else_=due_through_episode - state.c.paid_cents,
+    )
+    query = (
+        select(
+            messages.c.id,
+            reason.label("reason"),
+            state.c.episode,
+            amount.label("amount_cents"),
+            borrowers.c.name,
+            borrowers.c.phone,
+            borrowers.c.email,
+            loans.c.currency,
+        )  # fmt: skip
+        .join(loans, loans.c.loan_id == messages.c.loan_id)
+        .join(borrowers, borrowers.c.borrower_id == messages.c.borrower_id)
+        .outerjoin(state, state.c.loan_id == messages.c.loan_id)
+        .where(messages.c.id.in_([row["id"] for row in rows]))
+    )
+    by_id = {row["id"]: row for row in rows}
+    decided: dict[int, dict[str, Any]] = {}
+    for found in conn.execute(query).mappings():
+        info = dict(found)
+        if info["reason"] is None and info["episode"] != by_id[info["id"]]["episode"]:
+            info["reason"] = "no_longer_due"
+        decided[info["id"]] = info
+    return decided
+
+
+def outgoing(config: Config, renderer: Renderer, group: list[dict[str, Any]],
+             info: dict[int, dict[str, Any]]) -> OutgoingMessage:  # fmt: skip
+    """The consolidated message for one group (firmness of its most advanced stage)."""
+    first = info[group[0]["id"]]
+    channel = group[0]["channel"]
+    locale = group[0]["locale"] or config.run.default_locale
+    lines = [
+        LoanLine(loan_id=row["loan_id"], currency=info[row["id"]]["currency"],
+                 amount=from_cents(info[row["id"]]["amount_cents"] or 0),
+                 due_date=row["episode"], dpd=row["dpd"], stage=row["stage"])
+        for row in group
+    ]  # fmt: skip
+    lead = max(lines, key=lambda line: line.dpd)
+    context = renderer.context({"name": first["name"]}, lines, locale)
+    rendered = renderer.render(channel, lead.stage, locale, context)
+    headers: dict[str, str] = {}
+    if channel == "email" and config.lender.unsubscribe_url:
+        headers["List-Unsubscribe"] = f"<{config.lender.unsubscribe_url}>"
+        if config.lender.unsubscribe_url.startswith("https://"):
+            headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"  # RFC 8058
+    return OutgoingMessage(
+        message_ids=tuple(row["id"] for row in group), channel=channel,
+        to=first["email"] if channel == "email" else first["phone"],
+        body=rendered.body, subject=rendered.subject, html=rendered.html, locale=locale,
+        reference=group[0]["batch_key"], headers=headers,
+    )  # fmt: skip
+
+
+def claim_and_prepare(
+    conn: Connection,
+    config: Config,
+    renderer: Renderer,
+    now: datetime,
+    limit: int,
+    worker: str,
+    channel: str | None = None,
+) -> Claimed | None:
+    """Claim up to `limit` groups, cancel what is no longer due, render the rest.
+
+    Returns None when nothing was due. Cancelled rows end `suppressed`; a group whose
+    template fails to render ends `failed` (error_code `render`); the others stay
+    `sending` with their body stored, ready to be handed to the adapter.
+    """
+    rows = claim(conn, now, limit, worker, channel)
+    if not rows:
+        return None
+    today = now.astimezone(config.run.tz).date()
+    decided = recheck(conn, config, rows, today, now)
+    claimed = Claimed(rows=len(rows))
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if decided[row["id"]]["reason"] is not None:
+            _set(conn, [row["id"]], now, status="suppressed", reason=decided[row["id"]]["reason"])
+            claimed.cancelled += 1
+        else:
+            groups[row["batch_key"]].append(row)
+    bodies: list[dict[str, Any]] = []
+    for key, group in groups.items():
+        ids = [row["id"] for row in group]
+        try:
+            message = outgoing(config, renderer, group, decided)
+        except Exception as exc:  # a template or data problem: this group fails, others go on
+            _set(conn, ids, now, status="failed", error=f"render: {exc}"[:500],
+                 error_code="render")  # fmt: skip
+            claimed.failed += len(ids)
+            claimed.errors.append(f"render {key}: {exc}")
+            continue
+        bodies.extend({"row_id": i, "row_body": message.body, "row_subject": message.subject}
+                      for i in ids)  # fmt: skip
+        claimed.prepared.append(Prepared(tuple(ids), group[0]["borrower_id"], message.channel,
+                                         message, now))  # fmt: skip
+    if bodies:
+        conn.execute(
+            update(messages).where(messages.c.id == bindparam("row_id"))
+            .values(body=bindparam("row_body"), subject=bindparam("row_subject")),
+            bodies,
+        )  # fmt: skip
+    return claimed
+
+
+def _set(conn: Connection, ids: list[int], now: datetime, **values: Any) -> None:
+    conn.execute(update(messages).where(messages.c.id.in_(ids)).values(updated_at=now, **values))

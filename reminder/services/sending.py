@@ -1,0 +1,152 @@
+"""Handing one prepared message to its adapter: rate limit, retries, an outcome back.
+
+Runs in the dispatcher's worker threads and never touches the database: the orchestrator
+records outcomes. Transient errors are retried with tenacity (exponential backoff with
+full jitter, a Retry-After from the provider is a floor, bounded by attempts and by total
+time); anything else is returned at once. Every attempt first takes a token from the
+channel's limiter, so retries count against `rate_per_second` too.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from tenacity import RetryCallState, Retrying, retry_if_exception_type
+
+from reminder.errors import SendError, TransientSendError
+from reminder.ports import OutgoingMessage, Sender, SendResult
+
+
+class RateLimiter(Protocol):
+    """Blocks until one more request may go out (one verb: swap in a shared one later)."""
+
+    def acquire(self) -> None: ...
+
+
+class TokenBucket:
+    """An in-process token bucket of `rate` tokens a second, holding at most one token.
+
+    Requests are spaced `1/rate` apart, and on top of that no sliding second ever holds
+    more than `rate` grants, judged on the instants the grants really happen (after the
+    sleep, which may overshoot). `margin` widens that second a little (15 ms) so that the
+    jitter between here and the provider cannot put a 21st request of a 20/s limit into
+    one second at the provider's end either.
+    """
+
+    def __init__(self, rate: float, margin: float = 0.015,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:  # fmt: skip
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.interval = 1.0 / rate
+        self.per_second = max(1, math.floor(rate))
+        self.window = 1.0 + margin
+        self._clock, self._sleep = clock, sleep
+        self._lock = threading.Lock()
+        self._granted: deque[float] = deque(maxlen=self.per_second)
+        self._next = clock()
+
+    def acquire(self) -> None:
+        while True:
+            with self._lock:
+                now = self._clock()
+                delay = self._next - now
+                if len(self._granted) == self.per_second:
+                    delay = max(delay, self._granted[0] + self.window - now)
+                if delay <= 0:
+                    self._granted.append(now)
+                    self._next = max(self._next, now - self.interval) + self.interval
+                    return
+            self._sleep(delay)
+
+
+_shared: dict[tuple[str, float], TokenBucket] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_bucket(channel: str, rate: float) -> TokenBucket:
+    """The process-wide bucket of a channel: every dispatcher pass draws from the same one."""
+    with _shared_lock:
+        return _shared.setdefault((channel, rate), TokenBucket(rate))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounds of the in-pass retries of a transient error."""
+
+    attempts: int = 4
+    first_wait: float = 0.5  # seconds; doubles each attempt, with full jitter
+    max_wait: float = 8.0
+    max_total: float = 30.0  # no retry starts later than this after the first attempt
+    sleep: Callable[[float], None] = time.sleep
+
+    def wait(self, state: RetryCallState) -> float:
+        """Exponential backoff with full jitter; a Retry-After is honoured as a floor."""
+        backoff = min(self.max_wait, self.first_wait * 2 ** (state.attempt_number - 1))
+        jittered = random.uniform(backoff / 2, backoff)
+        return max(jittered, _retry_after(state) or 0.0)
+
+    def stop(self, state: RetryCallState) -> bool:
+        if state.attempt_number >= self.attempts:
+            return True
+        waited = state.seconds_since_start or 0.0
+        return waited + (_retry_after(state) or 0.0) > self.max_total
+
+
+def _retry_after(state: RetryCallState) -> float | None:
+    exc = state.outcome.exception() if state.outcome else None
+    return exc.retry_after if isinstance(exc, TransientSendError) else None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A claimed, rechecked, rendered send: the rows it covers and the message itself."""
+
+    ids: tuple[int, ...]
+    borrower_id: str
+    channel: str
+    outgoing: OutgoingMessage
+    claimed_at: datetime
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one Prepared send: a result, or the last error."""
+
+    prepared: Prepared
+    result: SendResult | None = None
+    error: SendError | None = None
+    attempts: int = 1
+
+
+def deliver(sender: Sender, limiter: RateLimiter, prepared: Prepared,
+            policy: RetryPolicy) -> Outcome:  # fmt: skip
+    """Send with retries; never raises a SendError (it comes back in the Outcome)."""
+    retrying = Retrying(
+        retry=retry_if_exception_type(TransientSendError),
+        wait=policy.wait,
+        stop=policy.stop,
+        sleep=policy.sleep,
+        reraise=True,
+    )
+    try:
+        for attempt in retrying:
+            with attempt:
+                limiter.acquire()
+                result = sender.send(prepared.outgoing)
+        number = retrying.statistics.get("attempt_number", 1)
+        return Outcome(prepared, result=result, attempts=number)
+    except SendError as exc:
+        number = retrying.statistics.get("attempt_number", 1)
+        return Outcome(prepared, error=exc, attempts=number)
+    except Exception as exc:  # an adapter bug must not kill the pass; it may have sent:
+        error = SendError(f"adapter error: {type(exc).__name__}: {exc}", "adapter")
+        return Outcome(prepared, error=error)  # neither kind: recorded `unknown`
