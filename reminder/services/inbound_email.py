@@ -12,7 +12,7 @@ import hashlib
 import html
 import re
 from collections.abc import Mapping
-from email import message_from_string, policy
+from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.parser import HeaderParser
 
@@ -46,13 +46,16 @@ def html_text(markup: str) -> str:
 
 def _raw_mime(raw: str) -> tuple[Mapping[str, str], str, str]:
     """Headers, plain text and subject of a raw MIME message ("post raw" mode)."""
-    message = message_from_string(raw, policy=policy.default)
+    message = message_from_bytes(raw.encode("utf-8", "surrogateescape"), policy=policy.default)
     assert isinstance(message, EmailMessage)
-    part = message.get_body(preferencelist=("plain", "html"))
     body = ""
-    if part is not None:
-        content = part.get_content()
-        body = content if part.get_content_subtype() == "plain" else html_text(content)
+    try:
+        part = message.get_body(preferencelist=("plain", "html"))
+        if part is not None:
+            content = part.get_content()
+            body = content if part.get_content_subtype() == "plain" else html_text(content)
+    except Exception:  # the email package raises a zoo (LookupError, KeyError, ...) on junk
+        body = ""
     headers = {key.lower(): str(value) for key, value in message.items()}
     return headers, body, headers.get("subject", "")
 
