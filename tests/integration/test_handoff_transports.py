@@ -231,3 +231,43 @@ def test_folder_transport_failure_is_a_transport_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(TransportError):
         FolderTransport(blocker / "sub").deliver("f.csv", b"x")
+
+
+def test_export_over_sftp_marks_cases_exported_only_after_a_whole_upload(
+    sftp_server: SftpServer, tmp_path: Path, engine: Any, config: Config
+) -> None:
+    from datetime import UTC, date, datetime
+
+    from sqlalchemy import select
+
+    from reminder.bootstrap import bootstrap
+    from reminder.clock import FixedClock
+    from reminder.db.tables import cases
+    from reminder.services.daily_run import RunOptions, run_day
+    from reminder.services.handoff_export import export
+    from tests.portfolio import Portfolio
+
+    config = config.model_copy(update={"agencies": config.agencies[:1]})
+    p = Portfolio()
+    for i in range(400):
+        p.loan(f"L{i:03}", p.borrower(f"B{i:03}"), first_due=date(2026, 6, 1))
+    p.save(engine)
+    clock = FixedClock(datetime(2026, 9, 10, 15, tzinfo=UTC))
+    app = bootstrap(config, engine=engine, clock=clock)
+    run_day(app, RunOptions(date(2026, 9, 10), dispatch=False))
+    transport = sftp_server.transport(sftp_server.known_hosts(tmp_path / "known_hosts"))
+    sftp_server.drop_after[0] = 40_000  # the placement file is about 100 kB
+    report = export(app, {"acme": transport})
+    assert len(report.failed) == 1 and not report.files
+    failed_name = report.failed[0]["file"]
+    assert [p.name for p in sftp_server.root.glob("*.csv")] == []
+    with engine.connect() as conn:
+        assert set(conn.execute(select(cases.c.exported_at)).scalars()) == {None}
+    sftp_server.drop_after[0] = 0
+    report = export(app, {"acme": transport})
+    assert [(f.file_name, f.row_count) for f in report.files] == [(failed_name, 400)]
+    names = sorted(p.name for p in sftp_server.root.iterdir() if not p.name.startswith("."))
+    assert names == [report.files[0].file_name,
+                     report.files[0].file_name.replace(".csv", ".manifest.json")]
+    with engine.connect() as conn:
+        assert None not in set(conn.execute(select(cases.c.exported_at)).scalars())
