@@ -57,8 +57,7 @@ def server(
     thread.join(5)
 
 
-def _post(base: str, agency: str, body: object, token: str | None = "acme-token",
-) -> httpx.Response:
+def _post(base: str, agency: str, body: object, token: str | None = "acme-token") -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if isinstance(body, bytes | str):
         return httpx.post(f"{base}/agencies/{agency}/outcomes", content=body, headers=headers)
