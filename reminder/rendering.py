@@ -3,13 +3,20 @@
 Lookup order for a locale: the lender's own `templates/` beside config.toml, then the
 bundled ones; within each, the exact locale (`zh-CN`), its language (`zh`), then
 `[run] default_locale`. StrictUndefined makes a template naming an unknown variable fail
-when templates are checked at start-up, not at 07:00. HTML is autoescaped.
+when templates are checked at start-up (`check_templates`), not at 07:00. HTML is
+autoescaped. Files starting with `_` (email layouts) are shared pieces, not stages.
+
+Template variables: `lender` (name, phone, payment_url, support_email, unsubscribe_url),
+`borrower` (name, first_name), `loans` (loan_id, amount, due_date, dpd, stage, each
+formatted for the locale), `total`, `due_date` (the oldest), `dpd` and `stage` (of the
+most advanced loan), `locale`.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -25,7 +32,11 @@ from jinja2 import (
 )
 
 from reminder.config import Config
+from reminder.domain.sms_encoding import SmsEncoding, sms_encoding
+from reminder.errors import ConfigError
 from reminder.resources import bundled_templates_dir
+
+log = logging.getLogger(__name__)
 
 EXTENSIONS = {"sms": ("txt",), "voice": ("txt",), "email": ("subject.txt", "txt", "html")}
 
@@ -129,5 +140,92 @@ class Renderer:
             for ext in EXTENSIONS[channel]
         }
         if channel == "email":
-            return Rendered(body=parts["txt"], subject=parts["subject.txt"], html=parts["html"])
+            subject = " ".join(parts["subject.txt"].split())  # one line, whatever the template
+            return Rendered(body=parts["txt"], subject=subject, html=parts["html"])
+        if channel == "sms":
+            # Babel puts no-break spaces in some locales' amounts (es: "100,00\xa0US$"):
+            # outside GSM-7, they would turn a whole SMS into UCS-2 (70 instead of 160).
+            return Rendered(body=parts["txt"].replace("\xa0", " ").replace("\u202f", " "))
         return Rendered(body=parts["txt"])
+
+    def locales(self) -> list[str]:
+        """Every locale some template folder exists for (bundled or the lender's)."""
+        found: set[str] = set()
+        for name in self.env.list_templates():
+            parts = name.split("/")
+            if len(parts) == 3 and parts[0] in EXTENSIONS:
+                found.add(parts[1])
+        return sorted(found)
+
+
+SAMPLE_NAMES = {"en": "Alexandra Thompson-Williams", "es": "María Fernanda Gutiérrez",
+                "zh-CN": "欧阳明华"}  # fmt: skip
+SAMPLE_CURRENCY = {"en": "USD", "es": "USD", "zh-CN": "CNY"}
+
+
+def sample_lines(stage: str, dpd: int, locale: str, today: date | None = None) -> list[LoanLine]:
+    """Realistic data for previews and checks: two loans, four-digit amounts."""
+    today = today or date(2026, 12, 4)
+    currency = SAMPLE_CURRENCY.get(locale, "USD")
+    return [
+        LoanLine("LN-2024-000187", currency, Decimal("1234.56"), today - timedelta(days=dpd),
+                 dpd, stage),
+        LoanLine("LN-2025-004512", currency, Decimal("389.00"), today - timedelta(days=dpd - 1),
+                 dpd - 1, stage),
+    ]  # fmt: skip
+
+
+def sample_context(renderer: Renderer, stage: str, locale: str) -> dict[str, Any]:
+    """The context `reminder preview` and `check_templates` render with."""
+    config = renderer.config
+    found = config.stage(stage)
+    dpd = found.dpd[1] if found is not None else 5
+    name = SAMPLE_NAMES.get(locale) or SAMPLE_NAMES.get(locale.split("-")[0], "Alex Morgan")
+    return renderer.context({"name": name}, sample_lines(stage, dpd, locale), locale)
+
+
+@dataclass(frozen=True)
+class TemplateCheck:
+    """One rendered (stage, channel, locale) of the start-up check."""
+
+    stage: str
+    channel: str
+    locale: str
+    rendered: Rendered
+    encoding: SmsEncoding | None = None
+
+
+def check_templates(config: Config, renderer: Renderer | None = None) -> list[TemplateCheck]:
+    """Render every stage x channel x present locale with sample data, at start-up.
+
+    Raises ConfigError naming the template when one is missing or names an unknown
+    variable (StrictUndefined); logs a warning when an SMS needs more than
+    `[channels.sms] max_segments` segments. Returns what was rendered (for tests, preview).
+    """
+    from jinja2 import TemplateError
+
+    renderer = renderer or Renderer(config)
+    max_segments = config.channel("sms").max_segments
+    checks: list[TemplateCheck] = []
+    for stage in config.stages:
+        if stage.handoff:
+            continue
+        channels = {c for grade in ("A", "B", "C", "D", "E", None)
+                    for c in stage.for_grade(grade)[1]}  # fmt: skip
+        for channel in sorted(channels):
+            for locale in renderer.locales():
+                where = f"templates/{channel}/{locale}/{stage.name}"
+                try:
+                    context = sample_context(renderer, stage.name, locale)
+                    rendered = renderer.render(channel, stage.name, locale, context)
+                except TemplateNotFound as exc:
+                    raise ConfigError(where, f"template not found: {exc}") from exc
+                except TemplateError as exc:
+                    raise ConfigError(where, f"{type(exc).__name__}: {exc}") from exc
+                encoding = sms_encoding(rendered.body) if channel == "sms" else None
+                if encoding and encoding.segments > max_segments:
+                    log.warning("%s renders to %d SMS segments (%s), more than "
+                                "[channels.sms] max_segments = %d", where, encoding.segments,
+                                encoding.encoding, max_segments)  # fmt: skip
+                checks.append(TemplateCheck(stage.name, channel, locale, rendered, encoding))
+    return checks
