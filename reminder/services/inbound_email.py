@@ -41,7 +41,8 @@ def latest_text(text: str) -> str:
 def html_text(markup: str) -> str:
     """Crude but safe: tags dropped, entities decoded (only used when there is no text part)."""
     spaced = re.sub(r"(?i)<br\s*/?>|</p>|</div>", "\n", markup)
-    return html.unescape(_TAG.sub(" ", spaced))
+    text = html.unescape(_TAG.sub(" ", spaced))
+    return "\n".join(" ".join(line.split()) for line in text.splitlines()).strip()
 
 
 def _raw_mime(raw: str) -> tuple[Mapping[str, str], str, str]:
