@@ -145,3 +145,37 @@ def test_reminders_are_suppressed_as_placed_while_the_case_is_open(
 )
 def test_closing_decision(case: OpenCase, expected: tuple[str, str] | None) -> None:
     assert closing_decision(case, D0, HandoffConfig().recall_after_days) == expected
+
+
+def _recalled_then_upcoming(engine: Engine, config: Config) -> set[tuple[str, str | None]]:
+    p = Portfolio()
+    p.loan("L1", p.borrower("B1"), first_due=D0, count=12)
+    p.save(engine)
+    _run(engine, config, PLACED)
+    _pay(engine, "P1", "L1", PLACED + timedelta(days=2), "400.00")  # paid to the lender
+    _run(engine, config, PLACED + timedelta(days=3))
+    assert _cases(engine)["L1"]["status"] == "recalled"
+    day = D0 + timedelta(days=120 - 3)  # the 5th installment is 3 days away
+    _run(engine, config, day)
+    with engine.connect() as conn:
+        return {tuple(r) for r in conn.execute(  # type: ignore[misc]
+            select(messages.c.status, messages.c.reason).where(messages.c.run_date == day))}
+
+
+def test_reminders_resume_after_a_recall_when_the_config_says_so(
+    engine: Engine, config: Config
+) -> None:
+    config = config.model_copy(update={"handoff": HandoffConfig(resume_after_recall=True)})
+    assert _recalled_then_upcoming(engine, config) == {("planned", None)}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="reminder/services/policy.py (not handoff's) checks only open cases for `placed`; "
+    "it should use reminder.services.placement.suppressing_case(loan_id, config)",
+)
+def test_a_recalled_case_keeps_reminders_suppressed_as_placed_by_default(
+    engine: Engine, config: Config
+) -> None:
+    assert not config.handoff.resume_after_recall
+    assert _recalled_then_upcoming(engine, config) == {("suppressed", "placed")}
