@@ -98,6 +98,9 @@ class Harness:
     keys: SendGridKeys
     clock: FixedClock
 
+    def __repr__(self) -> str:  # hypothesis prints fixtures in failure reports
+        return f"Harness({self.base_url})"
+
     def twilio(self, path_and_query: str, params: dict[str, str], **kw: Any) -> httpx.Response:
         """POST a correctly signed Twilio webhook."""
         headers = twilio_headers(path_and_query, params) | kw.pop("headers", {})
