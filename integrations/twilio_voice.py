@@ -86,8 +86,7 @@ class TwilioVoiceCaller:
                 async_amd_status_callback=voice_url + "&event=amd",
                 status_callback=message.callback_url
                 or callback_url(self.config, "/webhooks/twilio/status", message.reference),
-                status_callback_event=["completed"],
-            )
+            )  # no StatusCallbackEvent: Twilio's default is "completed" only, what we want
         except (TwilioException, requests.RequestException) as exc:
             if ambiguous(exc):
                 found = self._find(message, started - timedelta(seconds=5))
