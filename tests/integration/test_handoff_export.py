@@ -198,3 +198,56 @@ def test_recalled_cases_get_one_recall_file(
     (rows,) = recalls.values()
     assert [(r["case_id"], r["reason"], r["recalled_on"]) for r in rows] == [
         ("C20260605-L001", "paid_direct", "2026-06-07")]
+
+
+def test_the_export_and_report_commands(
+    engine: Engine, config: Config, tmp_path: Path, database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typer.testing import CliRunner
+
+    from reminder.cli import app as cli
+
+    _portfolio(engine, 6)
+    _place(engine, config, PLACED)
+    repo_config = Path(__file__).resolve().parents[2] / "config.toml"
+    config_path = tmp_path / "config.toml"
+    config_path.write_text(repo_config.read_text())
+    monkeypatch.setenv("REMINDER_DATABASE_URL", database_url)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--config", str(config_path), "handoff", "export", "--json"])
+    assert result.exit_code == 0, result.output
+    files = json.loads(result.stdout)["files"]
+    assert sorted(f["agency"] for f in files) == ["acme", "beacon"]
+    assert sum(f["row_count"] for f in files) == 6
+    for sent in files:
+        assert (tmp_path / "placements" / sent["agency"] / sent["file_name"]).is_file()
+    again = runner.invoke(cli, ["--config", str(config_path), "handoff", "export", "--json"])
+    assert json.loads(again.stdout) == {"files": [], "failed": []}
+    report = runner.invoke(cli, ["--config", str(config_path), "handoff", "report", "--json"])
+    assert report.exit_code == 0, report.output
+    agencies = json.loads(report.stdout)["agencies"]
+    assert sum(a["cases_open"] for a in agencies) == 6
+    text = runner.invoke(cli, ["--config", str(config_path), "handoff", "report"])
+    assert text.exit_code == 0 and "acme" in text.stdout
+
+
+def test_export_names_the_missing_credential_and_exits_2(
+    engine: Engine, tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from reminder.cli import app as cli
+
+    repo_config = Path(__file__).resolve().parents[2] / "config.toml"
+    text = repo_config.read_text().replace(
+        'transport = "folder"\npath = "placements/beacon"',
+        'transport = "https"\nurl = "https://beacon.example/in"\ntoken_env = "BEACON_PUSH_TOKEN"')
+    assert "BEACON_PUSH_TOKEN" in text
+    config_path = tmp_path / "config.toml"
+    config_path.write_text(text)
+    monkeypatch.setenv("REMINDER_DATABASE_URL", database_url)
+    monkeypatch.delenv("BEACON_PUSH_TOKEN", raising=False)
+    result = CliRunner().invoke(cli, ["--config", str(config_path), "handoff", "export"])
+    assert result.exit_code == 2
+    assert "BEACON_PUSH_TOKEN" in result.stderr
