@@ -123,13 +123,27 @@ class SftpTransport:
         try:
             sftp = client.open_sftp()
             sftp.putfo(io.BytesIO(content), temporary, file_size=len(content), confirm=True)
-            sftp.posix_rename(temporary, final)
+            _rename_over(sftp, temporary, final)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             _remove_quietly(client, temporary)
             raise TransportError(f"{where}: upload of {file_name} failed ({exc})") from exc
         finally:
             client.close()
         return TransportResult(location=f"{where}{final}")
+
+
+def _rename_over(sftp: paramiko.SFTPClient, source: str, target: str) -> None:
+    """Atomic replace where the server offers posix-rename (OpenSSH does); else plain
+    rename, removing a previous delivery of the same batch first (names are per batch)."""
+    try:
+        sftp.posix_rename(source, target)
+        return
+    except OSError as exc:
+        if "unsupported" not in str(exc).lower() and "not supported" not in str(exc).lower():
+            raise
+    with contextlib.suppress(FileNotFoundError):
+        sftp.remove(target)
+    sftp.rename(source, target)
 
 
 def _remove_quietly(client: paramiko.SSHClient, path: str) -> None:

@@ -29,7 +29,7 @@ def _money(value: int | None) -> Decimal:
     return (Decimal(int(value or 0)) / 100).quantize(CENT)
 
 
-def _stale(conn: Connection, today: date) -> dict[tuple[str, str], list[str]]:
+def _stale(conn: Connection, today: date) -> dict[tuple[str, str | None], list[str]]:
     """Open cases whose last outcome (or placement, when none) is 30 or more days old."""
     last = (
         select(outcomes.c.case_id, func.max(outcomes.c.outcome_date).label("last"))
@@ -43,7 +43,7 @@ def _stale(conn: Connection, today: date) -> dict[tuple[str, str], list[str]]:
         .where(cases.c.status == "open", func.coalesce(last.c.last, cases.c.placed_on) <= cutoff)
         .order_by(cases.c.case_id)
     )
-    found: dict[tuple[str, str], list[str]] = {}
+    found: dict[tuple[str, str | None], list[str]] = {}
     for agency_id, currency, case_id in conn.execute(query):
         found.setdefault((agency_id, currency), []).append(case_id)
     return found
@@ -73,19 +73,20 @@ def commission_report(conn: Connection, config: Config, today: date) -> list[dic
     by_key = {(a, c): (int(o or 0), int(n), p) for a, c, o, n, p in counts}
     report: list[dict[str, Any]] = []
     for agency in config.agencies:
-        keys = sorted(k for k in by_key if k[0] == agency.id) or [(agency.id, None)]
-        for key in keys:
-            opened, total, placed = by_key.get(key, (0, 0, 0))  # type: ignore[arg-type]
+        currencies: list[str | None] = sorted(c for a, c in by_key if a == agency.id) or [None]
+        for currency in currencies:
+            key = (agency.id, currency)
+            opened, total, placed = by_key.get(key, (0, 0, 0))
             placed_amount = _money(placed)
             got = _money(collected.get(key))
             rate = (got / placed_amount).quantize(Decimal("0.0001")) if placed_amount else None
+            stale_ids = stale.get(key, [])
             report.append({
-                "agency": agency.id, "name": agency.name, "currency": key[1],
+                "agency": agency.id, "name": agency.name, "currency": currency,
                 "cases_open": opened, "cases_closed": total - opened,
                 "balance_placed": placed_amount, "collected": got, "collection_rate": rate,
                 "commission_rate": agency.commission_rate,
                 "commission_owed": (got * agency.commission_rate).quantize(CENT, ROUND_HALF_UP),
-                "stale_cases": len(stale.get(key, [])),  # type: ignore[arg-type]
-                "stale_case_ids": stale.get(key, []),  # type: ignore[arg-type]
+                "stale_cases": len(stale_ids), "stale_case_ids": stale_ids,
             })  # fmt: skip
     return report

@@ -6,6 +6,9 @@ row is rejected with its line, column and reason and the rest are applied in one
 transaction. An outcome is keyed by (agency, agency_ref): sending it again changes nothing
 (`unchanged`); reusing an agency_ref for a different outcome is rejected.
 
+A payment dated before its case was placed is rejected (it is not the agency's
+collection); other outcomes may predate placement (a date of death, a bankruptcy filing).
+
 Effects: `payment` becomes a payment (source `agency`, payment_id derived from agency and
 agency_ref, so it can never be booked twice); `dispute` (on the case's loan), `deceased`
 and `bankruptcy` (on the borrower) set contact flags; `uncollectible` closes the case and
@@ -153,21 +156,31 @@ def check_row(line: int, raw: Mapping[str, Any], today: date) -> Outcome | list[
                    _clean(raw, "note") or None)  # fmt: skip
 
 
-def _known(conn: Connection, agency_id: str, rows: list[Outcome]) -> tuple[dict, dict]:
-    """The cases the rows name (agency, loan, borrower) and the outcomes already stored."""
-    case_ids = sorted({row.case_id for row in rows})
-    refs = sorted({row.agency_ref for row in rows})
+def _chunks(items: list[str], size: int = 1000) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _known(
+    conn: Connection, agency_id: str, rows: list[Outcome]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The cases the rows name (with agency, loan, borrower) and the outcomes stored."""
     found: dict[str, Any] = {}
-    stored: dict[str, Any] = {}
-    for start in range(0, max(len(case_ids), len(refs)), 1000):
-        chunk = case_ids[start : start + 1000]
-        query = (select(cases.c.case_id, cases.c.agency_id, cases.c.loan_id, loans.c.borrower_id)
-                 .join(loans, loans.c.loan_id == cases.c.loan_id).where(cases.c.case_id.in_(chunk)))
+    for chunk in _chunks(sorted({row.case_id for row in rows})):
+        query = (
+            select(cases.c.case_id, cases.c.agency_id, cases.c.loan_id, cases.c.placed_on,
+                   loans.c.borrower_id)
+            .join(loans, loans.c.loan_id == cases.c.loan_id)
+            .where(cases.c.case_id.in_(chunk))
+        )  # fmt: skip
         found.update({row.case_id: row for row in conn.execute(query)})
-        query = select(outcomes).where(outcomes.c.agency_id == agency_id,
-                                       outcomes.c.agency_ref.in_(refs[start : start + 1000]))
+    stored: dict[str, Any] = {}
+    for chunk in _chunks(sorted({row.agency_ref for row in rows})):
+        query = select(outcomes).where(
+            outcomes.c.agency_id == agency_id, outcomes.c.agency_ref.in_(chunk)
+        )
         stored.update({row["agency_ref"]: row for row in conn.execute(query).mappings()})
-    return found, stored  # fmt: skip
+    return found, stored
 
 
 def _apply(conn: Connection, agency_id: str, row: Outcome, case: Any, now: datetime) -> None:
@@ -217,6 +230,9 @@ def _ingest(app: App, agency_id: str, raw_rows: Iterable[tuple[int, Mapping[str,
             elif case.agency_id != agency_id:
                 report.rejected.append(
                     Rejection(row.line, "case_id", "the case is placed with another agency"))
+            elif row.outcome == "payment" and row.day < case.placed_on:
+                report.rejected.append(Rejection(
+                    row.line, "date", f"a payment before the case was placed ({case.placed_on})"))
             elif (earlier is not None and row.same_as(earlier)) or (
                 twin is not None and twin.key == row.key
             ):

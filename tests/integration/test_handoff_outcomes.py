@@ -53,6 +53,8 @@ def _outcome_file(tmp_path: Path, acme: list[str], beacon: list[str]) -> Path:
         f"{acme[3]},uncollectible,,2026-10-04,R8,",                     # 10 ok
         f"{acme[4]},deceased,,2026-10-05,R9,",                          # 11 ok
         f"{acme[2]},payment,5.001,2026-10-03,R10,",                     # 12 3 decimals
+        f"{acme[2]},payment,5.00,2026-08-30,R11,",                      # 13 before placement
+        f"{acme[4]},bankruptcy,,2026-08-01,R12,filed before placement",  # 14 ok
     ]  # fmt: skip
     path = tmp_path / "outcomes.csv"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -66,6 +68,7 @@ EXPECTED_REJECTIONS = [
     {"line": 8, "column": "date", "reason": "2027-01-01 is in the future"},
     {"line": 9, "column": "outcome", "reason": "unknown outcome 'settled'"},
     {"line": 12, "column": "amount", "reason": "at most 2 decimal places"},
+    {"line": 13, "column": "date", "reason": "a payment before the case was placed (2026-09-01)"},
 ]
 
 
@@ -77,10 +80,10 @@ def test_rows_are_judged_one_by_one_and_a_second_import_changes_nothing(
     path = _outcome_file(tmp_path, acme, beacon)
     app = bootstrap(config, engine=engine, clock=FixedClock(datetime(2026, 11, 30, 17, tzinfo=UTC)))
     first = ingest(app, "acme", read_outcome_file(path)).as_dict()
-    assert (first["imported"], first["unchanged"]) == (4, 1)
+    assert (first["imported"], first["unchanged"]) == (5, 1)
     assert first["rejected"] == EXPECTED_REJECTIONS
     second = ingest(app, "acme", read_outcome_file(path)).as_dict()
-    assert (second["imported"], second["unchanged"]) == (0, 5)
+    assert (second["imported"], second["unchanged"]) == (0, 6)
     assert second["rejected"] == EXPECTED_REJECTIONS
     with engine.connect() as conn:
         paid = conn.execute(select(payments).where(payments.c.source == "agency")).mappings().all()
@@ -88,10 +91,11 @@ def test_rows_are_judged_one_by_one_and_a_second_import_changes_nothing(
                              .order_by(contact_flags.c.kind)).all()  # fmt: skip
         status = dict(conn.execute(select(cases.c.case_id, cases.c.status)).all())
         stored = conn.execute(select(outcomes.c.agency_ref).order_by(outcomes.c.id)).scalars()
-        assert list(stored) == ["R1", "R2", "R8", "R9"]
+        assert list(stored) == ["R1", "R2", "R8", "R9", "R12"]
     assert [(p["payment_id"], p["amount"], p["paid_on"]) for p in paid] == [
         (payment_id("acme", "R1"), Decimal("120.50"), date(2026, 10, 1))]
-    assert [tuple(f) for f in flags] == [("deceased", None), ("dispute", acme[1].split("-", 1)[1])]
+    assert [tuple(f) for f in flags] == [
+        ("bankruptcy", None), ("deceased", None), ("dispute", acme[1].split("-", 1)[1])]
     assert status[acme[3]] == "closed" and status[acme[0]] == "open"
 
 
