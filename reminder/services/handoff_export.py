@@ -31,7 +31,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, and_, select, update
 
 from reminder.bootstrap import AGENCY_TRANSPORTS, App
 from reminder.config import AgencyConfig, Config
@@ -92,10 +92,14 @@ def batch_name(agency_id: str, kind: str, day: date, case_ids: list[str]) -> str
 def _reserve(conn: Connection, agency_id: str, kind: str, day: date) -> None:
     """Give a file name to the agency's cases that are due in a `kind` file and have none."""
     name_col, _ = KINDS[kind]
-    due = cases.c.status == "open" if kind == "placements" else (
-        (cases.c.status == "recalled") & cases.c.exported_at.is_not(None)
-        & cases.c.recall_exported_at.is_(None)
-    )
+    if kind == "placements":
+        due = cases.c.status == "open"
+    else:  # the agency has the case (its placement was sent) and was not told yet
+        due = and_(
+            cases.c.status == "recalled",
+            cases.c.exported_at.is_not(None),
+            cases.c.recall_exported_at.is_(None),
+        )
     ids = list(
         conn.execute(
             select(cases.c.case_id).where(cases.c.agency_id == agency_id, name_col.is_(None), due)
