@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from babel.dates import format_date
@@ -64,10 +65,13 @@ def babel_locale(locale: str) -> str:
     return locale.replace("-", "_")
 
 
+@lru_cache(maxsize=8192)
 def money(amount: Decimal, currency: str, locale: str) -> str:
+    """An amount as the locale writes it (cached: Babel parses its patterns every call)."""
     return format_currency(amount, currency, locale=babel_locale(locale))
 
 
+@lru_cache(maxsize=4096)
 def day(value: date, locale: str) -> str:
     return format_date(value, format="medium", locale=babel_locale(locale))
 
@@ -85,7 +89,9 @@ class Renderer:
             autoescape=select_autoescape(enabled_extensions=("html",), default=False),
             keep_trailing_newline=False,
             trim_blocks=True,
+            auto_reload=False,  # a Renderer lives for one pass: no stat() per message
         )
+        self._chosen: dict[tuple[str, str, str], str] = {}
 
     def _candidates(self, locale: str) -> list[str]:
         default = self.config.run.default_locale
@@ -93,11 +99,15 @@ class Renderer:
 
     def template_locale(self, channel: str, stage: str, locale: str) -> str:
         """The locale whose templates will be used (after fallback)."""
+        key = (channel, stage, locale)
+        if key in self._chosen:
+            return self._chosen[key]
         for candidate in self._candidates(locale):
             try:
                 self.env.get_template(f"{channel}/{candidate}/{stage}.{EXTENSIONS[channel][-1]}")
             except TemplateNotFound:
                 continue
+            self._chosen[key] = candidate
             return candidate
         raise TemplateNotFound(f"{channel}/{locale}/{stage}")
 

@@ -91,13 +91,20 @@ def claim(conn: Connection, now: datetime, limit: int, worker: str,
     return rows
 
 
-def recheck(conn: Connection, config: Config, rows: list[dict[str, Any]], today: date,
-            now: datetime) -> dict[int, dict[str, Any]]:  # fmt: skip
-    """Per claimed row: `reason` it must not go out now (or None), the borrower's address
-    and name, and `amount_cents`: what to ask for (the overdue balance, or for an upcoming
-    due the unpaid part of the installment falling due)."""
-    loan_ids = sorted({row["loan_id"] for row in rows})
-    state = loan_state(config, today, loan_ids).subquery("state")
+_statements: dict[tuple[int, date, datetime], Any] = {}
+
+
+def recheck_statement(config: Config, today: date, now: datetime) -> Any:
+    """The re-check query for one dispatcher pass (claimed ids and loan ids bound later).
+
+    Building the policy expression costs more than running it, and a pass keeps the
+    same `today` and `now`, so each pass builds it once.
+    """
+    key = (id(config), today, now)
+    if key in _statements:
+        return _statements[key]
+    loan_ids = bindparam("loan_ids", expanding=True)
+    state = loan_state(config, today, loan_ids).subquery("state")  # type: ignore[arg-type]
     reason = suppression_reason(
         PolicyInputs(loan_id=messages.c.loan_id, loan_status=loans.c.status,
                      borrower_id=messages.c.borrower_id, channel=messages.c.channel),
@@ -113,25 +120,31 @@ def recheck(conn: Connection, config: Config, rows: list[dict[str, Any]], today:
         (state.c.overdue_cents > 0, state.c.overdue_cents),
         else_=due_through_episode - state.c.paid_cents,
     )
-    query = (
-        select(
-            messages.c.id,
-            reason.label("reason"),
-            state.c.episode,
-            amount.label("amount_cents"),
-            borrowers.c.name,
-            borrowers.c.phone,
-            borrowers.c.email,
-            loans.c.currency,
-        )  # fmt: skip
+    statement = (
+        select(messages.c.id, reason.label("reason"), state.c.episode,
+               amount.label("amount_cents"), borrowers.c.name, borrowers.c.phone,
+               borrowers.c.email, loans.c.currency)  # fmt: skip
         .join(loans, loans.c.loan_id == messages.c.loan_id)
         .join(borrowers, borrowers.c.borrower_id == messages.c.borrower_id)
         .outerjoin(state, state.c.loan_id == messages.c.loan_id)
-        .where(messages.c.id.in_([row["id"] for row in rows]))
+        .where(messages.c.id.in_(bindparam("message_ids", expanding=True)))
     )
+    if len(_statements) > 8:
+        _statements.clear()
+    _statements[key] = statement
+    return statement
+
+
+def recheck(conn: Connection, config: Config, rows: list[dict[str, Any]], today: date,
+            now: datetime) -> dict[int, dict[str, Any]]:  # fmt: skip
+    """Per claimed row: `reason` it must not go out now (or None), the borrower's address
+    and name, and `amount_cents`: what to ask for (the overdue balance, or for an upcoming
+    due the unpaid part of the installment falling due)."""
+    params = {"loan_ids": sorted({row["loan_id"] for row in rows}),
+              "message_ids": [row["id"] for row in rows]}  # fmt: skip
     by_id = {row["id"]: row for row in rows}
     decided: dict[int, dict[str, Any]] = {}
-    for found in conn.execute(query).mappings():
+    for found in conn.execute(recheck_statement(config, today, now), params).mappings():
         info = dict(found)
         if info["reason"] is None and info["episode"] != by_id[info["id"]]["episode"]:
             info["reason"] = "no_longer_due"

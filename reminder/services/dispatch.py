@@ -22,12 +22,13 @@ import logging
 import math
 import os
 import socket
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, exists, select, update
+from sqlalchemy import Connection, and_, bindparam, exists, select, update
 
 from reminder.bootstrap import App
 from reminder.db.tables import contact_flags, messages
@@ -40,6 +41,7 @@ from reminder.services.sending import Outcome, RateLimiter, RetryPolicy, deliver
 log = logging.getLogger(__name__)
 CHANNELS = ("sms", "email", "voice")
 DEFAULT_CONCURRENCY = 32
+RECORD_EVERY = 0.005  # seconds to gather finished sends before one commit records them
 MAX_CLAIMS = 8  # a message still failing transiently after this many passes ends `failed`
 
 
@@ -80,7 +82,8 @@ class _Lane:
     channel: str
     pool: ThreadPoolExecutor
     limiter: RateLimiter
-    target: int  # in flight at most: about one second of sends, within the pool size
+    target: int  # claimed and not yet recorded, at most
+    refill_at: int  # claim more when no more than this many are left
     inflight: set[Future[Outcome]] = field(default_factory=set)
     exhausted: bool = False
 
@@ -88,9 +91,12 @@ class _Lane:
 def _lane(app: App, channel: str, limiter: RateLimiter | None) -> _Lane:
     settings = app.config.channel(channel)
     size = int((settings.model_extra or {}).get("concurrency", DEFAULT_CONCURRENCY))
-    target = max(1, min(size, math.ceil(settings.rate_per_second)))
     bucket = limiter or shared_bucket(channel, settings.rate_per_second)
-    return _Lane(channel, ThreadPoolExecutor(size, f"send-{channel}"), bucket, target)
+    pool = ThreadPoolExecutor(size, f"send-{channel}")
+    if settings.rate_per_second >= size:  # the pool is the limit: keep one round queued
+        return _Lane(channel, pool, bucket, target=2 * size, refill_at=size)
+    second = max(1, math.ceil(settings.rate_per_second))  # the rate is: about a second's work
+    return _Lane(channel, pool, bucket, target=second, refill_at=second // 2)
 
 
 def dispatch_due(
@@ -102,8 +108,9 @@ def dispatch_due(
 ) -> DispatchReport:
     """Reconcile interrupted sends, then send everything due at `now` (default: the clock).
 
-    Channels run side by side, each keeping about a second's worth of sends in flight
-    (never more than its `concurrency`), so a crash leaves few claims to reconcile.
+    Channels run side by side. A rate-limited channel keeps about a second's worth of
+    sends claimed, so a crash leaves few claims to reconcile; one whose rate exceeds its
+    `concurrency` keeps a second round queued so the pool never waits on a claim.
     """
     now = now or app.clock.now()
     retry = retry or RetryPolicy()
@@ -116,17 +123,18 @@ def dispatch_due(
     try:
         while True:
             for lane in lanes:
-                if not lane.exhausted and len(lane.inflight) <= lane.target // 2:
+                if not lane.exhausted and len(lane.inflight) <= lane.refill_at:
                     _refill(app, renderer, lane, now, worker, retry, report)
             running = set().union(*(lane.inflight for lane in lanes))
             if not running:
                 return report
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            wait(running, return_when=FIRST_COMPLETED)
+            time.sleep(RECORD_EVERY)  # let a few more finish: one commit records them all
+            done = {future for future in running if future.done()}
             for lane in lanes:
                 lane.inflight -= done
             with app.engine.begin() as conn:
-                for future in done:
-                    _record(conn, future.result(), now, report)
+                _record_all(conn, [future.result() for future in done], now, report)
     finally:
         for lane in lanes:
             lane.pool.shutdown(wait=True, cancel_futures=False)
@@ -149,15 +157,34 @@ def _refill(app: App, renderer: Renderer, lane: _Lane, now: datetime, worker: st
             lane.inflight.add(lane.pool.submit(deliver, sender, lane.limiter, prepared, retry))
 
 
-def _record(conn: Connection, outcome: Outcome, now: datetime, report: DispatchReport) -> None:
+def _record_all(conn: Connection, outcomes: list[Outcome], now: datetime,
+                report: DispatchReport) -> None:  # fmt: skip
+    """Record a round of outcomes in one transaction; the successes in one executemany."""
+    sent = [
+        {"row_id": row_id, "row_status": o.result.status, "row_provider": o.result.provider,
+         "row_provider_id": o.result.provider_id}
+        for o in outcomes if o.result is not None for row_id in o.prepared.ids
+    ]  # fmt: skip
+    if sent:
+        conn.execute(
+            update(messages)
+            .where(messages.c.id == bindparam("row_id"), messages.c.status == "sending")
+            .values(status=bindparam("row_status"), provider=bindparam("row_provider"),
+                    provider_id=bindparam("row_provider_id"), sent_at=now, updated_at=now,
+                    error=None, error_code=None),
+            sent,
+        )  # fmt: skip
+        report.sent += len(sent)
+    for outcome in outcomes:
+        if outcome.result is None:
+            _record_failure(conn, outcome, now, report)
+
+
+def _record_failure(conn: Connection, outcome: Outcome, now: datetime,
+                    report: DispatchReport) -> None:  # fmt: skip
     prepared, error = outcome.prepared, outcome.error
     ids = list(prepared.ids)
-    if outcome.result is not None:
-        result = outcome.result
-        _set(conn, ids, now, status=result.status, provider=result.provider,
-             provider_id=result.provider_id, sent_at=now, error=None, error_code=None)  # fmt: skip
-        report.sent += len(ids)
-    elif isinstance(error, TransientSendError):
+    if isinstance(error, TransientSendError):
         claims = _claims(conn, ids)
         if claims >= MAX_CLAIMS:
             _set(conn, ids, now, status="failed", error_code=error.code,

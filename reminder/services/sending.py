@@ -34,19 +34,20 @@ class RateLimiter(Protocol):
 class TokenBucket:
     """An in-process token bucket of `rate` tokens a second, holding at most one token.
 
-    Requests are spaced `1/rate` apart, and on top of that no sliding second ever holds
-    more than `rate` grants, judged on the instants the grants really happen (after the
-    sleep, which may overshoot). `margin` widens that second a little (15 ms) so that the
-    jitter between here and the provider cannot put a 21st request of a 20/s limit into
-    one second at the provider's end either.
+    Requests are spaced evenly, and on top of that no sliding second ever holds more than
+    `rate` grants, judged on the instants the grants really happen (after the sleep,
+    which may overshoot). `margin` stretches both by 5% so that the jitter between here
+    and the provider (thread scheduling, the network, a busy CPU) cannot put a 21st
+    request of a 20/s limit into one second at the provider's end either: "never
+    exceeded" costs 5% of the configured rate.
     """
 
-    def __init__(self, rate: float, margin: float = 0.015,
+    def __init__(self, rate: float, margin: float = 0.05,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:  # fmt: skip
         if rate <= 0:
             raise ValueError("rate must be positive")
-        self.interval = 1.0 / rate
+        self.interval = (1.0 + margin) / rate
         self.per_second = max(1, math.floor(rate))
         self.window = 1.0 + margin
         self._clock, self._sleep = clock, sleep
