@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, exists, select, update
+from sqlalchemy import Connection, and_, bindparam, case, exists, select, update
 
 from reminder.bootstrap import App
 from reminder.db.tables import contact_flags, messages
@@ -166,12 +166,20 @@ def _record_all(conn: Connection, outcomes: list[Outcome], now: datetime,
         for o in outcomes if o.result is not None for row_id in o.prepared.ids
     ]  # fmt: skip
     if sent:
+        # A fast status callback may have moved the row on already (delivered), and a
+        # claim that went stale may have been marked unknown: the provider's id and the
+        # time are recorded either way; the status only moves forward.
+        status = messages.c.status  # no IN lists: executemany cannot expand them
+        moved_on = and_(status != "sending", status != "unknown")
         conn.execute(
             update(messages)
-            .where(messages.c.id == bindparam("row_id"), messages.c.status == "sending")
-            .values(status=bindparam("row_status"), provider=bindparam("row_provider"),
-                    provider_id=bindparam("row_provider_id"), sent_at=now, updated_at=now,
-                    error=None, error_code=None),
+            .where(messages.c.id == bindparam("row_id"),
+                   status != "planned", status != "suppressed")
+            .values(status=case((moved_on, status), else_=bindparam("row_status")),
+                    error=case((moved_on, messages.c.error), else_=None),
+                    error_code=case((moved_on, messages.c.error_code), else_=None),
+                    provider=bindparam("row_provider"), provider_id=bindparam("row_provider_id"),
+                    sent_at=now, updated_at=now),
             sent,
         )  # fmt: skip
         report.sent += len(sent)

@@ -231,3 +231,20 @@ def test_a_claim_of_a_live_dispatcher_is_left_alone(app: App, sms: FakeSender):
     _crash_mid_send(app, claimed_by=f"{socket.gethostname()}:{os.getpid()}")
     dispatch_due(app, SEND_AT - timedelta(minutes=55), retry=FAST)
     assert rows(app)[0]["status"] == "sending" and sms.sent == []
+
+
+def test_a_status_callback_that_beats_our_record_is_kept(app: App, sms: FakeSender):
+    plan(app)
+    original = sms.send
+
+    def send_then_callback(message: OutgoingMessage) -> SendResult:
+        result = original(message)
+        with app.engine.begin() as conn:  # what the status webhook does, found by reference
+            conn.execute(update(messages).where(messages.c.batch_key == message.reference)
+                         .values(status="delivered"))  # fmt: skip
+        return result
+
+    sms.send = send_then_callback  # type: ignore[method-assign]
+    dispatch_due(app, SEND_AT, retry=FAST)
+    [row] = rows(app)
+    assert (row["status"], row["provider_id"]) == ("delivered", "F1")
