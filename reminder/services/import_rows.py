@@ -11,7 +11,6 @@ need the fast path; the reasons come from the slow one.
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -62,10 +61,14 @@ class Field:
 
 # -- per-value parsers, each with its column fast path -----------------------------------
 
-_MONEY = re.compile(r"(-?)(\d+)(?:\.(\d+))?")
-_MONEY_COLUMN = re.compile(rf"\d{{1,15}}\.\d\d(?:{SEP}\d{{1,15}}\.\d\d)*")
-_RARE_SPACE = tuple(c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace() and c != " ")
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_MONEY = re.compile(r"(-?)(\d+)(?:\.(\d+))?", re.ASCII)
+_MONEY_COLUMN = re.compile(rf"\d{{1,15}}\.\d\d(?:{SEP}\d{{1,15}}\.\d\d)*", re.ASCII)
+# every character str.isspace() accepts but the plain space
+_RARE_SPACE = tuple(
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 _EMAIL = re.compile(r"[^@\s\x00]+@[^@\s.\x00]+(?:\.[^@\s.\x00]+)+")
 _LOCALE_PART = re.compile(r"[A-Za-z]{2,8}|\d{3}")
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}

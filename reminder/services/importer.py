@@ -49,6 +49,7 @@ _IN_BATCH = 10_000  # parameters per IN (...) list, well under SQLite's and libp
 
 _first = itemgetter(0)
 Progress = Callable[[int, int], None]  # (bytes read, file size)
+Masks = list[Mask | None] | None  # per row; None when every row carries every field
 
 
 @dataclass(slots=True)
@@ -57,7 +58,7 @@ class _Raw:
 
     columns: dict[str, Column]
     lines: Sequence[int]
-    masks: list[Mask | None] | None  # JSON Lines: which fields each record carried
+    masks: Masks  # which fields each row carried (JSON Lines, or a CSV header lacking some)
     rejected: list[list[Rejection]]
 
 
@@ -336,22 +337,27 @@ def _json_record(text: str, line: int) -> tuple[dict[str, str | None], list[Reje
 
 
 class _Store:
-    """The SQL of one kind on one engine, built once; writes one chunk per transaction."""
+    """The SQL of one kind on one engine, built once; writes one chunk per transaction.
+
+    SQLite gets one executemany of `INSERT ... ON CONFLICT DO UPDATE`; PostgreSQL gets a
+    COPY into a temporary table and one such upsert from it (per-row statements would
+    cost a server round of parse, bind and execute each).
+    """
 
     def __init__(self, engine: Engine, kind: Kind) -> None:
         self.engine, self.kind = engine, kind
         self.key = itemgetter(*range(kind.key_len))
+        self.postgres = engine.dialect.name == "postgresql"
         self.mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
-        table = tables.metadata.tables[kind.name]
-        postgres = engine.dialect.name == "postgresql"
         q = engine.dialect.identifier_preparer.quote
+        table = tables.metadata.tables[kind.name]
         selected = ", ".join(
-            f"to_char({q(c)}, 'YYYY-MM-DD')"
-            if postgres and isinstance(table.c[c].type, Date)
+            f"to_char({q(c)}, 'YYYY-MM-DD')"  # PostgreSQL returns dates; rows hold ISO text
+            if self.postgres and isinstance(table.c[c].type, Date)
             else q(c)
             for c in kind.columns
-        )  # PostgreSQL returns dates as date objects; the rows hold ISO strings
-        lock = " FOR UPDATE" if postgres else ""  # SQLite: BEGIN IMMEDIATE locked already
+        )
+        lock = " FOR UPDATE" if self.postgres else ""  # SQLite: BEGIN IMMEDIATE locked all
         self.stored_sql = (
             f"SELECT {selected} FROM {q(kind.name)} WHERE {q(kind.columns[0])} IN ({{}}){lock}"
         )
@@ -359,25 +365,35 @@ class _Store:
         if kind.ref:
             name, ref_table = kind.ref
             self.ref_index = kind.columns.index(name)
-            self.ref_sql = f"SELECT {q(name)} FROM {q(ref_table)} WHERE {q(name)} IN ({{}})"
-        columns = [*kind.columns, *(["updated_at"] if kind.stamped else [])]
-        self.stamp = (
-            table.c.updated_at.type.bind_processor(engine.dialect) if kind.stamped else None
+            lock = " FOR KEY SHARE" if self.postgres else ""  # it cannot vanish before commit
+            self.ref_sql = f"SELECT {q(name)} FROM {q(ref_table)} WHERE {q(name)} IN ({{}}){lock}"
+        self.stamp = None
+        if kind.stamped:
+            self.stamp = table.c.updated_at.type.bind_processor(engine.dialect)
+        columns = ", ".join(map(q, [*kind.columns, *(["updated_at"] if kind.stamped else [])]))
+        width = len(kind.columns) + kind.stamped
+        updates = ", ".join(
+            f"{q(c)} = excluded.{q(c)}"
+            for c in [*kind.columns[kind.key_len :], *(["updated_at"] if kind.stamped else [])]
         )
-        updates = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in columns[kind.key_len :])
+        on_conflict = f"ON CONFLICT ({', '.join(map(q, kind.columns[: kind.key_len]))}) "
+        on_conflict += f"DO UPDATE SET {updates}"
         self.upsert_sql = (
-            f"INSERT INTO {q(kind.name)} ({', '.join(map(q, columns))}) "
-            f"VALUES ({', '.join([self.mark] * len(columns))}) "
-            f"ON CONFLICT ({', '.join(map(q, kind.columns[: kind.key_len]))}) "
-            f"DO UPDATE SET {updates}"
+            f"INSERT INTO {q(kind.name)} ({columns}) "
+            f"VALUES ({', '.join([self.mark] * width)}) {on_conflict}"
+        )
+        temp = q(f"import_{kind.name}")
+        self.temp_sql = (
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {temp} "
+            f"(LIKE {q(kind.name)} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        self.copy_sql = f"COPY {temp} ({columns}) FROM STDIN"
+        self.merge_sql = (
+            f"INSERT INTO {q(kind.name)} ({columns}) SELECT {columns} FROM {temp} {on_conflict}"
         )
 
     def write(
-        self,
-        rows: list[tuple[Any, ...]],
-        lines: list[int],
-        masks: list[Mask | None] | None,
-        report: ImportReport,
+        self, rows: list[tuple[Any, ...]], lines: Sequence[int], masks: Masks, report: ImportReport
     ) -> None:
         """Check references, classify against the stored rows, upsert: one transaction."""
         with self.engine.begin() as conn:
@@ -388,7 +404,13 @@ class _Store:
                 # one IN list on the first key column (installments: every seq of the loans)
                 stored = self._select_in(cursor, self.stored_sql, set(map(_first, rows)))
                 changed = self._classify(rows, masks, stored, report)
-                if changed:
+                if changed and self.postgres:
+                    cursor.execute(self.temp_sql)
+                    with cursor.copy(self.copy_sql) as copy:
+                        for values in changed:
+                            copy.write_row(values)
+                    cursor.execute(self.merge_sql)
+                elif changed:
                     cursor.executemany(self.upsert_sql, changed)
             finally:
                 cursor.close()
@@ -407,10 +429,10 @@ class _Store:
         self,
         cursor: Any,
         rows: list[tuple[Any, ...]],
-        lines: list[int],
-        masks: list[Mask | None] | None,
+        lines: Sequence[int],
+        masks: Masks,
         report: ImportReport,
-    ) -> tuple[list[tuple[Any, ...]], list[int], list[Mask | None] | None]:
+    ) -> tuple[list[tuple[Any, ...]], Sequence[int], Masks]:
         """Drop (and reject) the rows whose loan or borrower is not in the database."""
         at = self.ref_index
         wanted = set(map(itemgetter(at), rows))
@@ -428,7 +450,7 @@ class _Store:
     def _classify(
         self,
         rows: list[tuple[Any, ...]],
-        masks: list[Mask | None] | None,
+        masks: Masks,
         stored: list[tuple[Any, ...]],
         report: ImportReport,
     ) -> list[tuple[Any, ...]]:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, Table, func, select
 
 from reminder.db.tables import borrowers, installments, payments
 from reminder.errors import InputError
+from reminder.services.import_rows import kinds, parse_column
 from reminder.services.importer import ImportReport, import_file
 
 BORROWERS = "borrower_id,name,phone,email,timezone,locale,risk_grade,consent_sms\n"
@@ -302,3 +306,51 @@ def test_progress_reports_bytes_up_to_the_file_size(portfolio: Engine, tmp_path:
     size = len(text.encode())
     assert seen[-1] == (size, size) and len(seen) >= 5
     assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
+def test_a_crash_loses_at_most_the_chunk_in_flight_and_a_rerun_completes_the_import(
+    portfolio: Engine, tmp_path: Path
+) -> None:
+    class Crash(Exception):
+        pass
+
+    def crash_after_the_first_chunk(done: int, total: int) -> None:
+        raise Crash
+
+    text = INSTALLMENTS + "".join(f"L1,{seq},2025-02-01,1.00\n" for seq in range(1, 11))
+    with pytest.raises(Crash):
+        load(
+            portfolio,
+            tmp_path,
+            "installments",
+            text,
+            chunk_rows=4,
+            on_progress=crash_after_the_first_chunk,
+        )
+    assert len(rows(portfolio, installments)) == 4  # the first chunk was committed
+    rerun = load(portfolio, tmp_path, "installments", text, chunk_rows=4)
+    assert (rerun.imported, rerun.unchanged) == (6, 4)
+    assert len(rows(portfolio, installments)) == 10
+
+
+TRICKY = [
+    *("L1", " L1", "L1 ", "", "a" * 64, "a" * 65, "a\x00b", "a\tb", "Ann Lee", "\xa0x", "x\u3000"),
+    *("1", "01", "0", "999999999", "1000000000", "+1", "-1", " 1", "\u0661", "1_0", "1.0"),
+    *("2025-01-01", "2024-02-29", "2025-02-30", " 2025-01-01", "2025-1-01", "20250101"),
+    *("1.00", "0.00", "1.5", "1.005", "-1.00", "-0.00", "01.00", "\u0661.00", "1.00 ", "1e3"),
+    *("999999999999999.99", "9999999999999999.99", "true", "TRUE", "yes", "No", "maybe"),
+    *("USD", "usd", "XYZ", "UTC", "Europe/Paris", "europe/paris", "en", "zh_cn", "zh-CN"),
+    *("A", "a", "F", "active", "Closed", "ledger", "bank", None),
+]
+
+
+@given(column=st.lists(st.sampled_from(TRICKY), min_size=1, max_size=6))
+@settings(max_examples=300, deadline=None)
+def test_the_column_fast_paths_agree_with_the_per_value_parsers(column: list[str | None]) -> None:
+    for kind in kinds().values():
+        for field in kind.fields:
+            if field.fast is None:
+                continue
+            fast, fast_errors = parse_column(field, column)
+            slow, slow_errors = parse_column(dataclasses.replace(field, fast=None), column)
+            assert (list(fast), fast_errors) == (list(slow), slow_errors), field.name
