@@ -32,7 +32,7 @@ from sqlalchemy import Connection, and_, bindparam, case, exists, select, update
 
 from reminder.bootstrap import App
 from reminder.db.tables import contact_flags, messages
-from reminder.errors import PermanentSendError, TransientSendError
+from reminder.errors import PermanentSendError, ReminderError, TransientSendError
 from reminder.rendering import Renderer
 from reminder.services.claiming import claim_and_prepare
 from reminder.services.reconcile import reconcile_sending
@@ -142,6 +142,13 @@ def dispatch_due(
 
 def _refill(app: App, renderer: Renderer, lane: _Lane, now: datetime, worker: str,
             retry: RetryPolicy, report: DispatchReport) -> None:  # fmt: skip
+    try:
+        sender = app.sender(lane.channel)  # before claiming: a bad config claims nothing
+    except ReminderError as exc:
+        lane.exhausted = True
+        report.errors.append(f"{lane.channel}: {exc}")
+        log.error("not sending %s: %s", lane.channel, exc)
+        return
     limit = lane.target - len(lane.inflight)
     with app.engine.begin() as conn:
         claimed = claim_and_prepare(conn, app.config, renderer, now, limit, worker, lane.channel)
@@ -151,10 +158,8 @@ def _refill(app: App, renderer: Renderer, lane: _Lane, now: datetime, worker: st
     report.cancelled += claimed.cancelled
     report.failed += claimed.failed
     report.errors.extend(claimed.errors)
-    if claimed.prepared:
-        sender = app.sender(lane.channel)
-        for prepared in claimed.prepared:
-            lane.inflight.add(lane.pool.submit(deliver, sender, lane.limiter, prepared, retry))
+    for prepared in claimed.prepared:
+        lane.inflight.add(lane.pool.submit(deliver, sender, lane.limiter, prepared, retry))
 
 
 def _record_all(conn: Connection, outcomes: list[Outcome], now: datetime,

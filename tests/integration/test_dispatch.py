@@ -248,3 +248,17 @@ def test_a_status_callback_that_beats_our_record_is_kept(app: App, sms: FakeSend
     dispatch_due(app, SEND_AT, retry=FAST)
     [row] = rows(app)
     assert (row["status"], row["provider_id"]) == ("delivered", "F1")
+
+
+def test_a_channel_that_cannot_be_built_claims_nothing(engine, config, monkeypatch):
+    from reminder.config import ChannelConfig
+
+    monkeypatch.delenv("TWILIO_AUTH_TOKEN", raising=False)
+    channels = {**config.channels, "sms": ChannelConfig.model_validate(
+        {"provider": "twilio", "from": "+15005550001"})}  # fmt: skip
+    app = bootstrap(config.model_copy(update={"channels": channels}), engine=engine,
+                    senders={"email": FakeSender()})  # fmt: skip
+    plan(app)
+    report = dispatch_due(app, SEND_AT, retry=FAST)
+    assert [r["status"] for r in rows(app)] == ["planned"]
+    assert any("TWILIO_" in e for e in report.errors)
