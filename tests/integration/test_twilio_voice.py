@@ -19,9 +19,9 @@ from tests.fakes.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio, Fault
 TO, FROM = "+15005550006", "+15005550001"
 
 
-def voice_config(config: Config, base_url: str) -> Config:
+def voice_config(config: Config, base_url: str, timeout: float = 0.5) -> Config:
     channel = ChannelConfig.model_validate({"provider": "twilio", "from": FROM,
-                                            "base_url": base_url, "timeout_seconds": 0.5})
+                                            "base_url": base_url, "timeout_seconds": timeout})
     return config.model_copy(update={"channels": {**config.channels, "voice": channel}})
 
 
@@ -99,5 +99,5 @@ def prism_twilio() -> Iterator[str]:
 def test_the_call_request_matches_twilios_own_spec(config, prism_twilio, monkeypatch):
     monkeypatch.setenv("TWILIO_ACCOUNT_SID", "AC" + "0123456789abcdef" * 2)
     monkeypatch.setenv("TWILIO_AUTH_TOKEN", "any-token")
-    caller = TwilioVoiceCaller(voice_config(config, prism_twilio))
+    caller = TwilioVoiceCaller(voice_config(config, prism_twilio, timeout=30))
     assert caller.send(call(locale="zh-CN", body="您好")).provider_id.startswith("CA")
