@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 from collections.abc import Mapping
 
 from fastapi import APIRouter, FastAPI
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 def create_app(app: App, environ: Mapping[str, str] | None = None) -> FastAPI:
     """The FastAPI application serving `app`; `environ` defaults to os.environ."""
     api = FastAPI(title="reminder webhooks", docs_url=None, redoc_url=None)
+    _redact_access_log()
     api.state.reminder = app
     api.state.secrets = WebhookSecrets.from_env(environ)
     api.include_router(twilio_hooks.router)
@@ -67,6 +69,26 @@ def _agency_router() -> APIRouter | None:
             raise
         return None
     return module.router  # type: ignore[no-any-return]
+
+
+class RedactSecrets(logging.Filter):
+    """Hide `?key=<secret>` (Inbound Parse) in uvicorn's access log lines."""
+
+    PATTERN = re.compile(r"(?i)([?&]key=)[^&\s]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                self.PATTERN.sub(r"\1***", arg) if isinstance(arg, str) else arg
+                for arg in record.args
+            )
+        return True
+
+
+def _redact_access_log() -> None:
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactSecrets) for f in access.filters):
+        access.addFilter(RedactSecrets())
 
 
 def _ping(app: App) -> None:

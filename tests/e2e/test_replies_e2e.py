@@ -121,3 +121,34 @@ def test_replies_steer_the_following_runs(hub: Harness, engine: Engine) -> None:
     assert day13[("P", "sms")] == ("sent", None)
     with engine.connect() as conn:
         assert conn.execute(select(promises.c.status)).scalars().all() == ["broken"]
+
+
+def test_inbox_lists_for_people_and_refuses_unknown_ids(engine: Engine, config: Config) -> None:
+    from reminder.db.tables import replies
+
+    with engine.begin() as conn:
+        conn.execute(
+            replies.insert().values(
+                provider_ref="twilio:SMx",
+                channel="sms",
+                borrower_id=None,
+                sender="+44***23",
+                body="who is this?",
+                intent="unknown",
+                received_at=datetime(2026, 12, 4, tzinfo=UTC),
+                needs_person=True,
+            )  # fmt: skip
+        )
+    env = {"REMINDER_DATABASE_URL": engine.url.render_as_string(hide_password=False)}
+    base = ["--config", str(REPO / "config.toml"), "inbox"]
+    listed = CliRunner().invoke(cli, base, env=env)
+    assert listed.exit_code == 0 and "unknown sender +44***23" in listed.stdout
+    missing = CliRunner().invoke(cli, [*base, "resolve", "999", "--note", "x"], env=env)
+    assert missing.exit_code == 2
+    no_borrower = CliRunner().invoke(
+        cli, [*base, "resolve", "1", "--note", "spam", "--lift-dispute"], env=env
+    )
+    assert no_borrower.exit_code == 2
+    assert _inbox(engine, "resolve", "1", "--note", "spam")["already_resolved"] is False
+    assert _inbox(engine, "resolve", "1", "--note", "spam")["already_resolved"] is True
+    assert _inbox(engine) == []

@@ -147,3 +147,14 @@ def test_secrets_never_show_in_repr() -> None:
         {"TWILIO_AUTH_TOKEN": "tok123", "SENDGRID_INBOUND_SECRET": "x9"}
     )
     assert "tok123" not in repr(secrets) and "x9" not in repr(secrets)
+
+
+def test_the_inbound_secret_never_reaches_the_access_log() -> None:
+    import logging
+
+    from reminder.web import RedactSecrets
+
+    args = ("127.0.0.1:5000", "POST", "/webhooks/sendgrid/inbound?key=s3cret", "1.1", 200)
+    record = logging.LogRecord("uvicorn.access", 20, "x", 1, '%s - "%s %s HTTP/%s" %d', args, None)
+    RedactSecrets().filter(record)
+    assert "s3cret" not in record.getMessage() and "key=***" in record.getMessage()
