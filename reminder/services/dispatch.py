@@ -41,7 +41,7 @@ from reminder.services.sending import Outcome, RateLimiter, RetryPolicy, deliver
 log = logging.getLogger(__name__)
 CHANNELS = ("sms", "email", "voice")
 DEFAULT_CONCURRENCY = 32
-RECORD_EVERY = 0.005  # seconds to gather finished sends before one commit records them
+RECORD_EVERY = 0.01  # seconds to gather finished sends before one commit records them
 MAX_CLAIMS = 8  # a message still failing transiently after this many passes ends `failed`
 
 
