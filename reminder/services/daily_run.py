@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from reminder.bootstrap import App
 from reminder.db.sqlfn import as_date
 from reminder.db.tables import cases, messages, promises, runs
+from reminder.services import audit
 from reminder.services.dispatch import dispatch_due, worker_name
 from reminder.services.evaluation import in_range, loan_state, stage_table
 from reminder.services.placement import place_cases
@@ -169,8 +170,12 @@ def run_day(app: App, options: RunOptions) -> dict[str, Any]:
 
 def _plan_day(conn: Connection, app: App, moment: RunMoment) -> None:
     settle_promises(conn, app, moment)
+    last_id, placed = audit.last_message_id(conn), audit.cases_placed_on(conn, moment.run_date)
     plan(conn, app.config, moment)
     place_cases(conn, app.config, moment.run_date)
+    # the audit trail: one decision per new message row, one placement per new case
+    audit.record_decisions(conn, moment.run_date, last_id, moment.run_at)
+    audit.record_placements(conn, moment.run_date, placed, moment.run_at)
 
 
 def day_was_run(conn: Connection, run_date: date) -> bool:
