@@ -36,7 +36,15 @@ from reminder.errors import PermanentSendError, ReminderError, TransientSendErro
 from reminder.rendering import Renderer
 from reminder.services.claiming import claim_and_prepare
 from reminder.services.reconcile import reconcile_sending
-from reminder.services.sending import Outcome, RateLimiter, RetryPolicy, deliver, shared_bucket
+from reminder.services.sending import (
+    Outcome,
+    Prepared,
+    RateLimiter,
+    RetryPolicy,
+    deliver,
+    deliver_batch,
+    shared_bucket,
+)
 
 log = logging.getLogger(__name__)
 CHANNELS = ("sms", "email", "voice")
@@ -84,8 +92,12 @@ class _Lane:
     limiter: RateLimiter
     target: int  # claimed and not yet recorded, at most
     refill_at: int  # claim more when no more than this many are left
-    inflight: set[Future[Outcome]] = field(default_factory=set)
+    inflight: dict[Future[list[Outcome]], int] = field(default_factory=dict)  # -> messages
     exhausted: bool = False
+
+    @property
+    def pending(self) -> int:
+        return sum(self.inflight.values())
 
 
 def _lane(app: App, channel: str, limiter: RateLimiter | None) -> _Lane:
@@ -123,18 +135,20 @@ def dispatch_due(
     try:
         while True:
             for lane in lanes:
-                if not lane.exhausted and len(lane.inflight) <= lane.refill_at:
+                if not lane.exhausted and lane.pending <= lane.refill_at:
                     _refill(app, renderer, lane, now, worker, retry, report)
-            running = set().union(*(lane.inflight for lane in lanes))
+            running = {future for lane in lanes for future in lane.inflight}
             if not running:
                 return report
             wait(running, return_when=FIRST_COMPLETED)
             time.sleep(RECORD_EVERY)  # let a few more finish: one commit records them all
             done = {future for future in running if future.done()}
             for lane in lanes:
-                lane.inflight -= done
+                for future in done:
+                    lane.inflight.pop(future, None)
+            outcomes = [outcome for future in done for outcome in future.result()]
             with app.engine.begin() as conn:
-                _record_all(conn, [future.result() for future in done], now, report)
+                _record_all(conn, outcomes, now, report)
     finally:
         for lane in lanes:
             lane.pool.shutdown(wait=True, cancel_futures=False)
@@ -149,7 +163,7 @@ def _refill(app: App, renderer: Renderer, lane: _Lane, now: datetime, worker: st
         report.errors.append(f"{lane.channel}: {exc}")
         log.error("not sending %s: %s", lane.channel, exc)
         return
-    limit = lane.target - len(lane.inflight)
+    limit = lane.target - lane.pending
     with app.engine.begin() as conn:
         claimed = claim_and_prepare(conn, app.config, renderer, now, limit, worker, lane.channel)
     if claimed is None:
@@ -158,8 +172,20 @@ def _refill(app: App, renderer: Renderer, lane: _Lane, now: datetime, worker: st
     report.cancelled += claimed.cancelled
     report.failed += claimed.failed
     report.errors.extend(claimed.errors)
+    size = int(getattr(sender, "max_batch", 1)) if hasattr(sender, "send_batch") else 1
+    if size > 1:  # SendGrid: many personalizations in one request
+        for start in range(0, len(claimed.prepared), size):
+            batch = claimed.prepared[start : start + size]
+            future = lane.pool.submit(deliver_batch, sender, lane.limiter, batch, retry)
+            lane.inflight[future] = len(batch)
+        return
     for prepared in claimed.prepared:
-        lane.inflight.add(lane.pool.submit(deliver, sender, lane.limiter, prepared, retry))
+        lane.inflight[lane.pool.submit(_deliver_one, sender, lane.limiter, prepared, retry)] = 1
+
+
+def _deliver_one(sender: Any, limiter: RateLimiter, prepared: Prepared,
+                 retry: RetryPolicy) -> list[Outcome]:  # fmt: skip
+    return [deliver(sender, limiter, prepared, retry)]
 
 
 def _record_all(conn: Connection, outcomes: list[Outcome], now: datetime,

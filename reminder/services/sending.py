@@ -14,12 +14,12 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from tenacity import RetryCallState, Retrying, retry_if_exception_type
+from tenacity import RetryCallState, Retrying, retry_if_exception, retry_if_exception_type
 
 from reminder.errors import SendError, TransientSendError
 from reminder.ports import OutgoingMessage, Sender, SendResult
@@ -151,3 +151,52 @@ def deliver(sender: Sender, limiter: RateLimiter, prepared: Prepared,
     except Exception as exc:  # an adapter bug must not kill the pass; it may have sent:
         error = SendError(f"adapter error: {type(exc).__name__}: {exc}", "adapter")
         return Outcome(prepared, error=error)  # neither kind: recorded `unknown`
+
+
+class BatchSender(Protocol):
+    """An adapter that can put many messages in one request (SendGrid personalizations)."""
+
+    max_batch: int
+
+    def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendResult | SendError]: ...
+
+
+def deliver_batch(sender: BatchSender, limiter: RateLimiter, batch: list[Prepared],
+                  policy: RetryPolicy) -> list[Outcome]:  # fmt: skip
+    """Send up to `max_batch` messages in one request; one Outcome per message.
+
+    The request is retried only when the provider clearly refused all of it (429, 5xx):
+    after a timeout it may have been accepted, and re-sending a thousand emails on a
+    guess is worse than asking a person (those messages end `unknown`).
+    """
+    retrying = Retrying(
+        retry=retry_if_exception(_refused), wait=policy.wait, stop=policy.stop,
+        sleep=policy.sleep, reraise=True,
+    )  # fmt: skip
+    try:
+        for attempt in retrying:
+            with attempt:
+                for _ in batch:
+                    limiter.acquire()
+                results = sender.send_batch([p.outgoing for p in batch])
+                if results and all(_refused(r) for r in results):
+                    raise results[0]  # type: ignore[misc]
+    except SendError as exc:
+        results = [exc] * len(batch)
+    except Exception as exc:  # an adapter bug: it may have sent
+        results = [SendError(f"adapter error: {type(exc).__name__}: {exc}", "adapter")] * len(
+            batch)  # fmt: skip
+    outcomes = []
+    for prepared, result in zip(batch, results, strict=True):
+        if isinstance(result, TransientSendError) and not _refused(result):
+            result = SendError(f"{result}; the provider may have accepted it", result.code)
+        if isinstance(result, SendError):
+            outcomes.append(Outcome(prepared, error=result))
+        else:
+            outcomes.append(Outcome(prepared, result=result))
+    return outcomes
+
+
+def _refused(value: object) -> bool:
+    """A transient error in which the provider plainly took nothing (429 or 5xx)."""
+    return isinstance(value, TransientSendError) and (value.code or "").isdigit()

@@ -262,3 +262,41 @@ def test_a_channel_that_cannot_be_built_claims_nothing(engine, config, monkeypat
     report = dispatch_due(app, SEND_AT, retry=FAST)
     assert [r["status"] for r in rows(app)] == ["planned"]
     assert any("TWILIO_" in e for e in report.errors)
+
+
+class FakeBatchSender(FakeSender):
+    """Like SendGrid: many messages per request, an outcome each."""
+
+    max_batch = 1000
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[int] = []
+
+    def send_batch(self, batch: list[OutgoingMessage]) -> list[SendResult | SendError]:
+        self.requests.append(len(batch))
+        if self.errors:
+            error = self.errors.pop(0)
+            return [error] * len(batch)
+        self.sent.extend(batch)
+        return [SendResult(self.provider, f"B-{m.reference}") for m in batch]
+
+
+def test_emails_go_out_in_batches_through_a_batch_verb(engine, config):
+    email = FakeBatchSender()
+    app = bootstrap(config, engine=engine, senders={"sms": FakeSender(), "email": email})
+    plan(app, borrowers=30)
+    email.errors = [TransientSendError("sendgrid 503", "503")]
+    dispatch_due(app, SEND_AT, retry=FAST)
+    statuses = {r["status"] for r in rows(app, "email")}
+    assert statuses == {"sent"} and len(email.sent) == 30
+    assert email.requests[0] == email.requests[1] and len(email.requests) < 30
+
+
+def test_a_batch_that_timed_out_is_left_to_a_person_not_resent(engine, config):
+    email = FakeBatchSender()
+    app = bootstrap(config, engine=engine, senders={"sms": FakeSender(), "email": email})
+    plan(app, borrowers=3)
+    email.errors = [TransientSendError("sendgrid timeout", "timeout")]
+    dispatch_due(app, SEND_AT, retry=FAST)
+    assert {r["status"] for r in rows(app, "email")} == {"unknown"} and email.requests == [3]
