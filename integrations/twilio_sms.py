@@ -33,6 +33,10 @@ from reminder.errors import ConfigError, PermanentSendError, TransientSendError
 from reminder.ports import OutgoingMessage, SendResult
 
 log = logging.getLogger(__name__)
+# twilio logs every request's query (a lookup's To number) and response body at INFO:
+# its own logger is held at WARNING so that no phone number or message text reaches logs.
+wire_log = logging.getLogger(__name__ + ".wire")
+wire_log.setLevel(logging.WARNING)
 
 TWILIO_API = "https://api.twilio.com"
 OPTED_OUT = 21610  # "Attempt to send to unsubscribed recipient" (the borrower sent STOP)
@@ -46,7 +50,8 @@ class HeaderKeepingHttpClient(TwilioHttpClient):
     CPU a send costs)."""
 
     def __init__(self, timeout: float, pool_size: int, base_url: str = TWILIO_API) -> None:
-        super().__init__(timeout=timeout, proxy=requests.utils.get_environ_proxies(base_url))
+        proxy = requests.utils.get_environ_proxies(base_url)
+        super().__init__(timeout=timeout, proxy=proxy, logger=wire_log)
         assert self.session is not None
         self.session.trust_env = False
         bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
