@@ -28,10 +28,10 @@ from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Date, Engine
+from sqlalchemy import Date, Engine, inspect
 
 from reminder.db import tables
-from reminder.errors import InputError
+from reminder.errors import ConfigError, InputError
 from reminder.services.import_rows import (
     Column,
     Kind,
@@ -117,6 +117,7 @@ def import_file(
     Raises:
         InputError: unknown kind or format, unreadable or non-UTF-8 file, malformed CSV,
             a header lacking a required column.
+        ConfigError: the database has not been initialised.
     """
     spec = kinds(default_region).get(kind)
     if spec is None:
@@ -125,6 +126,7 @@ def import_file(
     fmt = _format(path, fmt)
     started = time.perf_counter()
     report = ImportReport(kind, str(path), fmt)
+    _check_schema(engine, spec)
     store = _Store(engine, spec)
     with _open(path) as handle, _without_cyclic_gc():
         total = path.stat().st_size
@@ -164,6 +166,13 @@ def _without_cyclic_gc() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def _check_schema(engine: Engine, kind: Kind) -> None:
+    """A database never initialised is a setup problem to name, not a driver traceback."""
+    if not inspect(engine).has_table(kind.name):
+        url = engine.url.render_as_string(hide_password=True)
+        raise ConfigError("database.url", f"{url} has no {kind.name} table: run `reminder init`")
 
 
 def _format(path: Path, fmt: str | None) -> str:

@@ -104,3 +104,11 @@ def test_without_json_a_summary_and_the_rejections_are_printed_without_a_progres
     assert result.stdout.startswith("borrowers.csv: 1 imported, 0 unchanged, 1 row rejected")
     assert "borrowers.csv:3" in result.stderr and "email" in result.stderr
     assert "\r" not in result.stdout + result.stderr  # no bar when not on a terminal
+
+
+def test_a_database_never_initialised_exits_2_pointing_at_reminder_init(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text('[database]\nurl = "sqlite:///x.db"\n')
+    (tmp_path / "borrowers.csv").write_text(BORROWERS)
+    result = reminder(tmp_path, "import", "borrowers", "borrowers.csv", "--json")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert "reminder init" in result.stderr
