@@ -1,14 +1,16 @@
 """The folder transport: an agency file dropped into a local or mounted directory.
 
-The file is written under a hidden temporary name in the same folder, flushed to disk
-(fsync), then renamed: a rename inside one file system is atomic, so an agency's loader
-watching the folder sees either the whole file or nothing under the final name.
+The file is written under a hidden temporary name of its own in the same folder (two
+writers of one file never share it), flushed to disk (fsync), then renamed: a rename
+inside one file system is atomic, so an agency's loader watching the folder sees either
+the whole file or nothing under the final name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from pathlib import Path
 
 from reminder.config import AgencyConfig, Config
@@ -34,7 +36,7 @@ class FolderTransport:
         if "/" in file_name or file_name.startswith("."):
             raise TransportError(f"refusing file name {file_name!r}")
         final = self.folder / file_name
-        temporary = self.folder / f".{file_name}.part"
+        temporary = self.folder / f".{file_name}.{uuid.uuid4().hex[:12]}.part"  # one per writer
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             with temporary.open("wb") as handle:

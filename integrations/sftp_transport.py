@@ -4,8 +4,8 @@ Authentication is by key only. The environment variable named by `key_file_env` 
 private key's path, or the key text itself (for secret stores that inject contents), so
 no credential ever sits in config.toml. The server's host key must match an entry of the
 `known_hosts` file given in config: an unknown or changed host is refused, never trusted on
-first use. The file is uploaded under a temporary name in `remote_dir`, its size checked,
-then renamed: the agency never sees a half file under the final name.
+first use. The file is uploaded under a hidden temporary name of its own in `remote_dir`,
+its size checked, then renamed: the agency never sees a half file under the final name.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import contextlib
 import io
 import os
 import posixpath
+import uuid
 from pathlib import Path
 
 import paramiko
@@ -110,7 +111,7 @@ class SftpTransport:
 
     def deliver(self, file_name: str, content: bytes) -> TransportResult:
         final = posixpath.join(self.remote_dir, file_name)
-        temporary = posixpath.join(self.remote_dir, f".{file_name}.part")
+        temporary = posixpath.join(self.remote_dir, f".{file_name}.{uuid.uuid4().hex[:12]}.part")
         where = f"sftp://{self.host}:{self.port}"
         try:
             client = self._connect()
@@ -147,6 +148,6 @@ def _rename_over(sftp: paramiko.SFTPClient, source: str, target: str) -> None:
 
 
 def _remove_quietly(client: paramiko.SSHClient, path: str) -> None:
-    """Best effort: a dropped connection may leave the temporary name for the next try."""
+    """Best effort: after a dropped connection a hidden `.part` file may stay behind."""
     with contextlib.suppress(Exception):  # the upload error is the one worth reporting
         client.open_sftp().remove(path)

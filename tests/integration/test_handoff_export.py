@@ -251,3 +251,32 @@ def test_export_names_the_missing_credential_and_exits_2(
     result = CliRunner().invoke(cli, ["--config", str(config_path), "handoff", "export"])
     assert result.exit_code == 2
     assert "BEACON_PUSH_TOKEN" in result.stderr
+
+
+def test_two_exports_at_once_never_put_a_case_in_two_files(
+    engine: Engine, config: Config, tmp_path: Path
+) -> None:
+    import threading
+
+    config = _one_agency(config)
+    _portfolio(engine, 600)
+    _place(engine, config, PLACED)
+    folder = tmp_path / "out"
+    errors: list[BaseException] = []
+
+    def one_export() -> None:
+        try:
+            export(_app(engine, config, PLACED), {"acme": FolderTransport(folder)})
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one_export) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    ids = [r["case_id"] for rows in _read(folder).values() for r in rows]
+    assert len(ids) == len(set(ids)) == 600
+    with engine.connect() as conn:
+        assert None not in set(conn.execute(select(cases.c.exported_at)).scalars())

@@ -146,3 +146,12 @@ def test_the_command_prints_the_summary_and_exits_1_on_a_rejected_row(
     assert report.exit_code == 0, report.output
     acme = next(r for r in json.loads(report.stdout)["agencies"] if r["agency"] == "acme")
     assert (acme["collected"], acme["commission_owed"]) == ("120.50", "30.13")
+
+
+def test_json_lines_files_are_read_with_their_line_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "outcomes.jsonl"
+    path.write_text('{"case_id": "C1", "outcome": "promise", "date": "2026-10-01",'
+                    ' "agency_ref": "J1"}\n\n[1, 2]\n')  # fmt: skip
+    rows = read_outcome_file(path)
+    assert [line for line, _ in rows] == [1, 3]
+    assert rows[0][1]["agency_ref"] == "J1"
