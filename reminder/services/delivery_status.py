@@ -46,9 +46,17 @@ class StatusEvent:
     source: str = "provider"
 
 
+def _clean(value: object, limit: int = 80) -> str | None:
+    """A reference as text we can look up, or None (absent, not text, or with NUL bytes)."""
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        return None
+    text = str(value).strip()
+    return text[:limit] if text and "\x00" not in text else None
+
+
 def twilio_event(params: dict[str, str], ref: str | None) -> StatusEvent:
     """A Twilio StatusCallback (message or call) as a StatusEvent."""
-    code = (params.get("ErrorCode") or "").strip() or None
+    code = _clean(params.get("ErrorCode"), 24)
     if "CallSid" in params and "MessageSid" not in params:
         status = TWILIO_CALL.get(params.get("CallStatus", ""))
         provider_id = params.get("CallSid")
@@ -56,8 +64,8 @@ def twilio_event(params: dict[str, str], ref: str | None) -> StatusEvent:
         status = TWILIO_MESSAGE.get(params.get("MessageStatus") or params.get("SmsStatus", ""))
         provider_id = params.get("MessageSid") or params.get("SmsSid")
     return StatusEvent(
-        ref=ref,
-        provider_id=provider_id,
+        ref=_clean(ref),
+        provider_id=_clean(provider_id),
         status=status,
         error_code=code,
         opt_out=code == TWILIO_OPTED_OUT,
@@ -69,8 +77,8 @@ def sendgrid_event(event: dict[str, object]) -> StatusEvent:
     """One SendGrid Event Webhook event as a StatusEvent."""
     kind = str(event.get("event", ""))
     ref = event.get("ref")
-    message_id = str(event.get("sg_message_id") or "").split(".")[0] or None
-    code = str(event.get("status") or event.get("type") or kind)[:24] or None
+    message_id = _clean(str(event.get("sg_message_id") or "").split(".")[0])
+    code = _clean(event.get("status") or event.get("type") or kind, 24)
     status: str | None = None
     bad_address = opt_out = False
     if kind in ("delivered", "open", "click"):  # an open proves delivery
@@ -85,13 +93,13 @@ def sendgrid_event(event: dict[str, object]) -> StatusEvent:
     elif kind in ("spamreport", "unsubscribe", "group_unsubscribe"):
         opt_out = True
     return StatusEvent(
-        ref=str(ref) if isinstance(ref, str | int) else None,
+        ref=_clean(ref),
         provider_id=message_id,
         status=status,
         error_code=code if status in ("failed", "undeliverable") else None,
         opt_out=opt_out,
         bad_address=bad_address,
-        source=f"sendgrid:{kind}",
+        source="sendgrid:" + (_clean(kind, 30) or "event"),
     )
 
 

@@ -63,6 +63,7 @@ def _raw_mime(raw: str) -> tuple[Mapping[str, str], str, str]:
 
 def inbound_reply(fields: Mapping[str, str]) -> InboundReply | None:
     """The reply in an Inbound Parse post (parsed or raw mode); None without a sender."""
+    fields = {name: value.replace("\x00", "") for name, value in fields.items()}
     if fields.get("email"):
         headers, body, subject = _raw_mime(fields["email"])
         sender = headers.get("from", "")

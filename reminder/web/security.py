@@ -81,6 +81,8 @@ def form_params(body: bytes) -> ImmutableMultiDict[str, str]:
         pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=500)
     except (UnicodeDecodeError, ValueError) as exc:
         raise bad_request() from exc
+    if any("\x00" in name or "\x00" in value for name, value in pairs):
+        raise bad_request()  # no provider sends NUL; PostgreSQL text cannot store it
     return ImmutableMultiDict(pairs)
 
 

@@ -51,6 +51,14 @@ async def _verified(request: Request) -> ImmutableMultiDict[str, str]:
     return params
 
 
+def _ref(request: Request) -> str | None:
+    """Our send reference from the callback URL (we put it there; it never holds NUL)."""
+    ref = request.query_params.get("ref")
+    if ref is not None and ("\x00" in ref or len(ref) > 80):
+        raise bad_request()
+    return ref or None
+
+
 def _sid(params: ImmutableMultiDict[str, str], *names: str) -> str:
     for name in names:
         value = params.get(name, "").strip()
@@ -88,7 +96,7 @@ async def inbound_sms(request: Request) -> Response:
 async def status_callback(request: Request) -> Response:
     """A message or call status: moves the send's rows forward, never back."""
     params = await _verified(request)
-    ref = request.query_params.get("ref")
+    ref = _ref(request)
     event = twilio_event(dict(params), ref)
     if not event.ref and not event.provider_id:
         raise bad_request()
@@ -100,7 +108,7 @@ async def status_callback(request: Request) -> Response:
 async def voice(request: Request) -> Response:
     """TwiML for a reminder call: the reminder and a one-key menu, or a short voicemail."""
     params = await _verified(request)
-    ref = request.query_params.get("ref")
+    ref = _ref(request)
     call_sid = _sid(params, "CallSid")
     digits = params.get("Digits") or None
     answered_by = params.get("AnsweredBy") or None
