@@ -7,14 +7,17 @@ or a regulator's question. Times are shown in the lender's timezone, JSON keeps 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 import typer
 from rich.table import Table
-from sqlalchemy import select
+from sqlalchemy import Connection, create_engine, select
 
+from reminder.bootstrap import App
 from reminder.cli.common import command, emit_json, err_console, out_console, state
 from reminder.db.tables import loans
 from reminder.errors import InputError
@@ -28,10 +31,28 @@ audit_app = typer.Typer(
 )
 
 
+@contextmanager
+def reading(app: App) -> Iterator[Connection]:
+    """A connection for long reads. On SQLite not through the app's engine, whose every
+    transaction is BEGIN IMMEDIATE: a verify of millions of rows would hold the write lock
+    and time out the dispatcher; plain reads under WAL block no writer (the log only grows,
+    so reading it in several statements is consistent)."""
+    if app.engine.dialect.name != "sqlite":
+        with app.engine.connect() as conn:
+            yield conn
+        return
+    engine = create_engine(app.engine.url)
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
 def verify(ctx: typer.Context, as_json: bool = JSON) -> None:
     """Check the whole hash chain; exit 1 and name the first broken row if it is broken."""
     app = state(ctx).app()
-    with app.engine.connect() as conn:
+    with reading(app) as conn:
         result = audit.verify(conn)
     if as_json:
         emit_json(asdict(result))
@@ -72,7 +93,7 @@ def export(
 ) -> None:
     """One loan's history in order: decisions, sends, statuses, replies, handoff."""
     app = state(ctx).app()
-    with app.engine.connect() as conn:
+    with reading(app) as conn:
         borrower = conn.execute(
             select(loans.c.borrower_id).where(loans.c.loan_id == loan)
         ).scalar_one_or_none()

@@ -125,31 +125,30 @@ def _insert(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
     conn.exec_driver_sql(f"INSERT INTO audit_log ({', '.join(COLUMNS)}) VALUES ({marks})", rows)
 
 
-def append_many(conn: Connection, rows: Iterable[Mapping[str, Any]]) -> int:
-    """Append events (keys: kind, at, borrower_id, loan_id, message_id, detail) in order.
+# (at, kind, borrower_id, loan_id, message_id, canonical detail): an event ready to chain
+Prepared = tuple[datetime, str, str | None, str | None, int | None, str]
 
-    An event may carry `detail_text` (already canonical(detail), built by this module's
-    own recorders) instead of `detail`, which skips the generic encoder.
 
-    Rows are chained in Python and written in batches, so a whole run's decisions cost
-    one lock and a few round trips. Call inside the transaction that made the change, so
-    the log and the change commit (or vanish) together. Returns how many rows were added.
-    """
-    source = iter(rows)
+def _prepare(event: Mapping[str, Any]) -> Prepared:
+    kind = event["kind"]
+    if kind not in KINDS:
+        raise ValueError(f"unknown audit kind {kind!r}")
+    message_id = event.get("message_id")
+    message_id = None if message_id is None else int(message_id)
+    detail = _check_detail(event.get("detail"))
+    return event["at"], kind, event.get("borrower_id"), event.get("loan_id"), message_id, detail
+
+
+def _chain(conn: Connection, events: Iterable[Prepared]) -> int:
+    """Lock, then hash-chain and write the events in batches; returns how many."""
+    source = iter(events)
     last_id, prev = _lock_and_tail(conn)
     stored_at = 2 if conn.dialect.name == "sqlite" else 1  # text on SQLite, naive UTC on PG
     added = 0
     while batch := list(islice(source, BATCH)):
         finished = []
-        for event in batch:
-            kind = event["kind"]
-            if kind not in KINDS:
-                raise ValueError(f"unknown audit kind {kind!r}")
-            forms = _instant_forms(event["at"])
-            detail = event.get("detail_text") or _check_detail(event.get("detail"))
-            borrower_id, loan_id = event.get("borrower_id"), event.get("loan_id")
-            message_id = event.get("message_id")
-            message_id = None if message_id is None else int(message_id)
+        for at, kind, borrower_id, loan_id, message_id, detail in batch:
+            forms = _instant_forms(at)
             last_id += 1
             digest = row_hash(last_id, forms[0], kind, borrower_id, loan_id, message_id,
                               detail, prev)  # fmt: skip
@@ -159,6 +158,16 @@ def append_many(conn: Connection, rows: Iterable[Mapping[str, Any]]) -> int:
         _insert(conn, finished)
         added += len(finished)
     return added
+
+
+def append_many(conn: Connection, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Append events (keys: kind, at, borrower_id, loan_id, message_id, detail) in order.
+
+    Rows are chained in Python and written in batches, so a whole run's decisions cost
+    one lock and a few round trips. Call inside the transaction that made the change, so
+    the log and the change commit (or vanish) together. Returns how many rows were added.
+    """
+    return _chain(conn, map(_prepare, rows))
 
 
 def append(conn: Connection, kind: str, *, borrower_id: str | None = None,
@@ -277,7 +286,7 @@ def _day(raw: str | date) -> str:
 
 def _decisions(
     conn: Connection, run_date: date, after_id: int, at: datetime
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[Prepared]:
     """The run's message rows as `decision` events, read in id-ordered batches (raw SQL:
     type processing of 150k rows would cost more than hashing them)."""
     query = text(
@@ -295,8 +304,7 @@ def _decisions(
                 f'"reason":{_dump(reason)},"run_date":{day},"stage":{_quote(stage)},'
                 f'"status":{_quote(status)}}}'
             )
-            yield {"kind": "decision", "at": at, "borrower_id": borrower_id, "loan_id": loan_id,
-                   "message_id": id_, "detail_text": detail}  # fmt: skip
+            yield at, "decision", borrower_id, loan_id, id_, detail
         if len(batch) < BATCH:
             return
         after_id = batch[-1][0]
@@ -304,7 +312,7 @@ def _decisions(
 
 def record_decisions(conn: Connection, run_date: date, after_id: int, at: datetime) -> int:
     """One `decision` row per message row the run planned or suppressed (id > after_id)."""
-    return append_many(conn, _decisions(conn, run_date, after_id, at))
+    return _chain(conn, _decisions(conn, run_date, after_id, at))
 
 
 def record_placements(conn: Connection, run_date: date, before: set[str], at: datetime) -> int:
