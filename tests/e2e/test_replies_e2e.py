@@ -121,6 +121,13 @@ def test_replies_steer_the_following_runs(hub: Harness, engine: Engine) -> None:
     assert day13[("P", "sms")] == ("sent", None)
     with engine.connect() as conn:
         assert conn.execute(select(promises.c.status)).scalars().all() == ["broken"]
+    env = {"REMINDER_DATABASE_URL": engine.url.render_as_string(hide_password=False)}
+    explained = CliRunner().invoke(
+        cli, ["--config", str(REPO / "config.toml"), "explain", "LP", "--date", "2026-12-13",
+              "--json"], env=env,
+    )  # fmt: skip
+    assert explained.exit_code == 0, explained.output
+    assert "broken_promise" in explained.stdout and "2026-12-10" in explained.stdout
 
 
 def test_inbox_lists_for_people_and_refuses_unknown_ids(engine: Engine, config: Config) -> None:
