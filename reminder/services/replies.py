@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from reminder.bootstrap import App
 from reminder.db.tables import replies
 from reminder.domain.intents import Intent, parse_reply
-from reminder.errors import ReminderError
+from reminder.errors import PermanentSendError, ReminderError
 from reminder.ports import OutgoingMessage
 from reminder.services import contact_changes as changes
 from reminder.services.borrower_match import find_borrowers, mask, normalized_sender
@@ -257,6 +257,20 @@ def _send_answer(app: App, outcome: ReplyOutcome) -> ReplyOutcome:
     assert outcome.answer is not None
     try:
         app.sender(outcome.answer.channel).send(outcome.answer)
+    except PermanentSendError as exc:
+        log.warning("auto-reply to %s refused: %s", mask(outcome.answer.to), exc.code)
+        if exc.opted_out and outcome.borrower_id:  # e.g. Twilio 21610: the carrier's opt-out
+            with app.engine.begin() as conn:
+                changes.add_flag(
+                    conn,
+                    outcome.borrower_id,
+                    "opt_out",
+                    channel=outcome.answer.channel,
+                    source=f"provider:{exc.code}",
+                    now=app.clock.now(),
+                    note="the provider reports the recipient unsubscribed",
+                )
+        return outcome
     except ReminderError as exc:
         log.warning("auto-reply to %s not sent: %s", mask(outcome.answer.to), exc)
         return outcome

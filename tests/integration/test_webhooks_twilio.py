@@ -266,3 +266,14 @@ def test_voice_keys_link_callback_and_promise_once_each(hub: Harness, engine: En
     assert promised == [date(2026, 12, 11)]
     other = hub.twilio(path, {"CallSid": call, "Digits": "9"})
     assert 'numDigits="1"' in other.text  # an unknown key repeats the menu
+
+
+def test_an_answer_refused_as_opted_out_records_the_opt_out(hub: Harness, engine: Engine) -> None:
+    from reminder.errors import PermanentSendError
+
+    def refuse(message: object) -> None:
+        raise PermanentSendError("twilio 400/21610: unsubscribed", "21610", opted_out=True)
+
+    hub.senders["sms"].send = refuse  # type: ignore[method-assign]
+    assert hub.sms("SM" + "f" * 32, PHONE, "HELP").status_code == 200
+    assert _flags(engine) == [("B1", "opt_out", "sms", True)]
