@@ -36,6 +36,7 @@ KINDS = frozenset(
 GENESIS = "0" * 64  # prev_hash of the first row
 LOCK_KEY = 7_236_101_001  # pg_advisory_xact_lock key of the audit chain
 BATCH = 5000
+TAIL = "reminder.audit.tail"  # conn.info key: (transaction, last id, last hash)
 SQLITE_AT = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy stores DateTime on SQLite
 # Keys that would carry personal data: refused, so that `forget` never has to touch the log.
 PII_KEYS = frozenset({"name", "phone", "email", "to", "sender", "body", "subject", "address"})
@@ -103,13 +104,25 @@ def _check_detail(detail: Mapping[str, Any] | None) -> str:
 
 
 def _lock_and_tail(conn: Connection) -> tuple[int, str]:
-    """Serialize appenders, then read the last row's id and hash (or the genesis)."""
+    """Serialize appenders, then read the last row's id and hash (or the genesis).
+
+    Within one transaction (and savepoint) the lock is held and the tail is ours, so it is
+    remembered on the connection: a loop of single appends costs one INSERT each.
+    """
+    key = (conn.get_transaction(), conn.get_nested_transaction())
+    cached = conn.info.get(TAIL)
+    if cached is not None and cached[0] == key and key[0] is not None and key[0].is_active:
+        return cached[1], cached[2]
     if conn.dialect.name == "postgresql":
         conn.execute(select(func.pg_advisory_xact_lock(LOCK_KEY)))
     last = conn.execute(
         select(audit_log.c.id, audit_log.c.hash).order_by(audit_log.c.id.desc()).limit(1)
     ).first()
     return (0, GENESIS) if last is None else (int(last.id), str(last.hash))
+
+
+def _remember_tail(conn: Connection, last_id: int, last_hash: str) -> None:
+    conn.info[TAIL] = ((conn.get_transaction(), conn.get_nested_transaction()), last_id, last_hash)
 
 
 def _insert(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
@@ -157,6 +170,7 @@ def _chain(conn: Connection, events: Iterable[Prepared]) -> int:
             prev = digest
         _insert(conn, finished)
         added += len(finished)
+        _remember_tail(conn, last_id, prev)
     return added
 
 

@@ -193,6 +193,25 @@ def test_personal_data_and_unknown_kinds_are_refused(engine: Engine) -> None:
     assert _rows(engine) == []
 
 
+def test_single_appends_in_one_transaction_after_a_rollback_and_a_savepoint_chain(
+    engine: Engine,
+) -> None:
+    with engine.connect() as conn:
+        with conn.begin() as transaction:
+            audit.append(conn, "flag", borrower_id="B9", at=NOW)
+            transaction.rollback()
+        with conn.begin():
+            for i in range(3):
+                audit.append(conn, "status", loan_id="L1", detail={"i": i}, at=NOW)
+            savepoint = conn.begin_nested()
+            audit.append(conn, "status", loan_id="L1", detail={"i": "gone"}, at=NOW)
+            savepoint.rollback()
+            audit.append(conn, "status", loan_id="L1", detail={"i": 3}, at=NOW)
+    rows = _rows(engine)
+    assert [row.detail["i"] for row in rows] == [0, 1, 2, 3]
+    assert _verify(engine) == audit.VerifyResult(True, 4)
+
+
 def test_concurrent_appenders_keep_one_linear_chain(engine: Engine) -> None:
     def writer(n: int) -> None:
         for i in range(15):
