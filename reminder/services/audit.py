@@ -26,9 +26,9 @@ from functools import lru_cache
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import Connection, Date, bindparam, func, select, text
+from sqlalchemy import Connection, func, select, text
 
-from reminder.db.tables import audit_log, cases, loans, messages
+from reminder.db.tables import audit_log, loans
 
 KINDS = frozenset(
     {"decision", "send", "status", "reply", "placement", "outcome", "forget", "flag"}
@@ -57,7 +57,7 @@ def _plain(value: Any) -> Any:
 
 
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=_plain)
-_quote = json.encoder.encode_basestring_ascii  # the C quoting json.dumps itself uses
+quote = json.encoder.encode_basestring_ascii  # the C quoting json.dumps itself uses
 
 
 def canonical(value: Any) -> str:
@@ -65,8 +65,8 @@ def canonical(value: Any) -> str:
     return _ENCODER.encode(value)
 
 
-def _dump(value: str | None) -> str:
-    return "null" if value is None else _quote(value)
+def dump(value: str | None) -> str:
+    return "null" if value is None else quote(value)
 
 
 def row_hash(id_: int, at_iso: str, kind: str, borrower_id: str | None, loan_id: str | None,
@@ -77,10 +77,10 @@ def row_hash(id_: int, at_iso: str, kind: str, borrower_id: str | None, loan_id:
     text is exactly what `canonical` would give for the whole dict (a test holds it to that).
     """
     document = (
-        f'{{"at":{_quote(at_iso)},"borrower_id":{_dump(borrower_id)},"detail":{detail_text},'
-        f'"id":{id_},"kind":{_quote(kind)},"loan_id":{_dump(loan_id)},'
+        f'{{"at":{quote(at_iso)},"borrower_id":{dump(borrower_id)},"detail":{detail_text},'
+        f'"id":{id_},"kind":{quote(kind)},"loan_id":{dump(loan_id)},'
         f'"message_id":{"null" if message_id is None else message_id},'
-        f'"prev_hash":{_quote(prev_hash)}}}'
+        f'"prev_hash":{quote(prev_hash)}}}'
     )
     return hashlib.sha256(document.encode()).hexdigest()
 
@@ -152,7 +152,7 @@ def _prepare(event: Mapping[str, Any]) -> Prepared:
     return event["at"], kind, event.get("borrower_id"), event.get("loan_id"), message_id, detail
 
 
-def _chain(conn: Connection, events: Iterable[Prepared]) -> int:
+def append_prepared(conn: Connection, events: Iterable[Prepared]) -> int:
     """Lock, then hash-chain and write the events in batches; returns how many."""
     source = iter(events)
     last_id, prev = _lock_and_tail(conn)
@@ -181,7 +181,7 @@ def append_many(conn: Connection, rows: Iterable[Mapping[str, Any]]) -> int:
     one lock and a few round trips. Call inside the transaction that made the change, so
     the log and the change commit (or vanish) together. Returns how many rows were added.
     """
-    return _chain(conn, map(_prepare, rows))
+    return append_prepared(conn, map(_prepare, rows))
 
 
 def append(conn: Connection, kind: str, *, borrower_id: str | None = None,
@@ -219,7 +219,7 @@ def _raw_rows(conn: Connection) -> Iterator[tuple[Any, ...]]:
 
 
 @lru_cache(maxsize=4096)
-def _stored_iso(raw: str | datetime) -> str:
+def stored_iso(raw: str | datetime) -> str:
     """The UTC isoformat of a stored `at`: naive UTC on PostgreSQL, exact text on SQLite."""
     if isinstance(raw, datetime):
         return raw.replace(tzinfo=UTC).isoformat()
@@ -241,7 +241,7 @@ def _problem(row: tuple[Any, ...], expected_id: int, prev: str) -> str | None:
     if prev_hash != prev:
         return "prev_hash does not match the previous row's hash"
     try:
-        at = _stored_iso(raw_at)
+        at = stored_iso(raw_at)
         if detail is None or not _is_canonical(detail):
             return "detail is not the canonical JSON it was written as"
     except (TypeError, ValueError) as exc:
@@ -269,7 +269,7 @@ def verify(conn: Connection) -> VerifyResult:
 
 def _event(row: tuple[Any, ...]) -> dict[str, Any]:
     id_, raw_at, kind, borrower_id, loan_id, message_id, detail = row[:7]
-    at = datetime.fromisoformat(_stored_iso(raw_at))
+    at = datetime.fromisoformat(stored_iso(raw_at))
     return {"id": id_, "at": at, "kind": kind, "borrower_id": borrower_id,
             "loan_id": loan_id, "message_id": message_id, "detail": json.loads(detail or "{}")}
 
@@ -287,65 +287,3 @@ def export_loan(conn: Connection, loan_id: str) -> list[dict[str, Any]]:
     )
     return [_event(tuple(row)) for row in conn.execute(
         query, {"loan": loan_id, "borrower": borrower})]  # fmt: skip
-
-
-def last_message_id(conn: Connection) -> int:
-    """The highest message id so far: rows above it after planning are the run's own."""
-    return int(conn.execute(select(func.coalesce(func.max(messages.c.id), 0))).scalar_one())
-
-
-def _day(raw: str | date) -> str:
-    return raw if isinstance(raw, str) else raw.isoformat()
-
-
-def _decisions(
-    conn: Connection, run_date: date, after_id: int, at: datetime
-) -> Iterator[Prepared]:
-    """The run's message rows as `decision` events, read in id-ordered batches (raw SQL:
-    type processing of 150k rows would cost more than hashing them)."""
-    query = text(
-        "SELECT id, loan_id, borrower_id, stage, channel, status, reason, dpd, episode, "
-        "not_before FROM messages WHERE run_date = :day AND id > :after ORDER BY id LIMIT :n"
-    ).bindparams(bindparam("day", type_=Date))
-    day = _quote(run_date.isoformat())
-    while True:
-        batch = conn.execute(query, {"day": run_date, "after": after_id, "n": BATCH}).all()
-        for id_, loan_id, borrower_id, stage, channel, status, reason, dpd, episode, nb in batch:
-            detail = (  # canonical({...}) by hand: keys in sorted order, compact
-                f'{{"channel":{_quote(channel)},"dpd":{int(dpd)},'
-                f'"episode":{_quote(_day(episode))},'
-                f'"not_before":{"null" if nb is None else _quote(_stored_iso(nb))},'
-                f'"reason":{_dump(reason)},"run_date":{day},"stage":{_quote(stage)},'
-                f'"status":{_quote(status)}}}'
-            )
-            yield at, "decision", borrower_id, loan_id, id_, detail
-        if len(batch) < BATCH:
-            return
-        after_id = batch[-1][0]
-
-
-def record_decisions(conn: Connection, run_date: date, after_id: int, at: datetime) -> int:
-    """One `decision` row per message row the run planned or suppressed (id > after_id)."""
-    return _chain(conn, _decisions(conn, run_date, after_id, at))
-
-
-def record_placements(conn: Connection, run_date: date, before: set[str], at: datetime) -> int:
-    """One `placement` row per case opened on `run_date` that was not in `before`."""
-    rows = conn.execute(
-        select(cases.c.case_id, cases.c.loan_id, loans.c.borrower_id, cases.c.agency_id,
-               cases.c.placed_balance, cases.c.currency, cases.c.dpd_at_placement)
-        .join(loans, loans.c.loan_id == cases.c.loan_id)
-        .where(cases.c.placed_on == run_date)
-        .order_by(cases.c.case_id)
-    ).all()
-    return append_many(conn, (
-        {"kind": "placement", "at": at, "loan_id": row.loan_id, "borrower_id": row.borrower_id,
-         "detail": {"case_id": row.case_id, "agency_id": row.agency_id,
-                    "balance": row.placed_balance, "currency": row.currency,
-                    "dpd": row.dpd_at_placement}}
-        for row in rows if row.case_id not in before
-    ))  # fmt: skip
-
-
-def cases_placed_on(conn: Connection, run_date: date) -> set[str]:
-    return set(conn.execute(select(cases.c.case_id).where(cases.c.placed_on == run_date)).scalars())

@@ -18,9 +18,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from reminder.bootstrap import App
 from reminder.db.sqlfn import as_date
 from reminder.db.tables import cases, messages, promises, runs
-from reminder.services import audit
+from reminder.services import audit_records as audit
 from reminder.services.dispatch import dispatch_due, worker_name
-from reminder.services.evaluation import in_range, loan_state, stage_table
+from reminder.services.evaluation import evaluated_day, in_range, loan_state, stage_table
 from reminder.services.placement import place_cases
 from reminder.services.planning import RunMoment, plan
 
@@ -95,8 +95,13 @@ def stage_counts(conn: Connection, app: App, run_date: date) -> dict[str, int]:
     return {stage.name: int(found.get(stage.name, 0)) for stage in app.config.stages}
 
 
-def day_summary(conn: Connection, app: App, run_date: date) -> dict[str, Any]:
-    """The `reminder run --json` document for `run_date`, from what the database holds."""
+def day_summary(
+    conn: Connection, app: App, run_date: date, stages: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """The `reminder run --json` document for `run_date`, from what the database holds.
+
+    `stages` are the stage counts when the caller already has them (see `_plan_day`).
+    """
     on_day = messages.c.run_date == as_date_literal(run_date)
     by_status = dict(
         conn.execute(
@@ -115,7 +120,7 @@ def day_summary(conn: Connection, app: App, run_date: date) -> dict[str, Any]:
     ).scalar_one()
     return {
         "date": run_date.isoformat(),
-        "stages": stage_counts(conn, app, run_date),
+        "stages": stages if stages is not None else stage_counts(conn, app, run_date),
         "planned": sum(n for status, n in by_status.items() if status != "suppressed"),
         "suppressed": {reason: int(n) for reason, n in sorted(suppressed.items())},
         "sent": sum(by_status.get(status, 0) for status in SENT_STATUSES),
@@ -153,29 +158,34 @@ def run_day(app: App, options: RunOptions) -> dict[str, Any]:
         with app.engine.connect() as conn:
             transaction = conn.begin()
             try:
-                _plan_day(conn, app, moment)
-                return day_summary(conn, app, moment.run_date) | {"dry_run": True}
+                stages = _plan_day(conn, app, moment)
+                return day_summary(conn, app, moment.run_date, stages) | {"dry_run": True}
             finally:
                 transaction.rollback()
     with app.engine.begin() as conn:
         _start_ledger(conn, moment)
-        _plan_day(conn, app, moment)
+        stages = _plan_day(conn, app, moment)
     if options.dispatch:
         dispatch_due(app, moment.run_at if options.run_date else None)
     with app.engine.begin() as conn:
-        summary = day_summary(conn, app, moment.run_date)
+        summary = day_summary(conn, app, moment.run_date, stages)
         _finish_ledger(conn, moment, summary)
     return summary
 
 
-def _plan_day(conn: Connection, app: App, moment: RunMoment) -> None:
-    settle_promises(conn, app, moment)
-    last_id, placed = audit.last_message_id(conn), audit.cases_placed_on(conn, moment.run_date)
-    plan(conn, app.config, moment)
-    place_cases(conn, app.config, moment.run_date)
+def _plan_day(conn: Connection, app: App, moment: RunMoment) -> dict[str, int]:
+    """Settle, plan and place on one evaluation of the portfolio; returns the stage counts."""
+    with evaluated_day(conn, app.config, moment.run_date):
+        settle_promises(conn, app, moment)
+        last_id = audit.last_message_id(conn)
+        placed = audit.cases_placed_on(conn, moment.run_date)
+        plan(conn, app.config, moment)
+        place_cases(conn, app.config, moment.run_date)
+        stages = stage_counts(conn, app, moment.run_date)
     # the audit trail: one decision per new message row, one placement per new case
     audit.record_decisions(conn, moment.run_date, last_id, moment.run_at)
     audit.record_placements(conn, moment.run_date, placed, moment.run_at)
+    return stages
 
 
 def day_was_run(conn: Connection, run_date: date) -> bool:

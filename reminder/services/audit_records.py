@@ -1,0 +1,115 @@
+"""What the services record in the audit trail: a run's decisions and placements, sends
+and status changes of message rows. Each reads the rows it records in the caller's
+transaction, so the log states what was committed, with ids and codes only (no PII).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Date, bindparam, func, select, text
+
+from reminder.db.tables import cases, loans, messages
+from reminder.services.audit import (
+    BATCH,
+    Prepared,
+    append_many,
+    append_prepared,
+    dump,
+    quote,
+    stored_iso,
+)
+
+
+def last_message_id(conn: Connection) -> int:
+    """The highest message id so far: rows above it after planning are the run's own."""
+    return int(conn.execute(select(func.coalesce(func.max(messages.c.id), 0))).scalar_one())
+
+
+def _day(raw: str | date) -> str:
+    return raw if isinstance(raw, str) else raw.isoformat()
+
+
+def _decisions(
+    conn: Connection, run_date: date, after_id: int, at: datetime
+) -> Iterator[Prepared]:
+    """The run's message rows as `decision` events, read in id-ordered batches (raw SQL:
+    type processing of 150k rows would cost more than hashing them)."""
+    query = text(
+        "SELECT id, loan_id, borrower_id, stage, channel, status, reason, dpd, episode, "
+        "not_before FROM messages WHERE run_date = :day AND id > :after ORDER BY id LIMIT :n"
+    ).bindparams(bindparam("day", type_=Date))
+    day = quote(run_date.isoformat())
+    while True:
+        batch = conn.execute(query, {"day": run_date, "after": after_id, "n": BATCH}).all()
+        for id_, loan_id, borrower_id, stage, channel, status, reason, dpd, episode, nb in batch:
+            detail = (  # canonical({...}) by hand: keys in sorted order, compact
+                f'{{"channel":{quote(channel)},"dpd":{int(dpd)},'
+                f'"episode":{quote(_day(episode))},'
+                f'"not_before":{"null" if nb is None else quote(stored_iso(nb))},'
+                f'"reason":{dump(reason)},"run_date":{day},"stage":{quote(stage)},'
+                f'"status":{quote(status)}}}'
+            )
+            yield at, "decision", borrower_id, loan_id, id_, detail
+        if len(batch) < BATCH:
+            return
+        after_id = batch[-1][0]
+
+
+def record_decisions(conn: Connection, run_date: date, after_id: int, at: datetime) -> int:
+    """One `decision` row per message row the run planned or suppressed (id > after_id)."""
+    return append_prepared(conn, _decisions(conn, run_date, after_id, at))
+
+
+def record_placements(conn: Connection, run_date: date, before: set[str], at: datetime) -> int:
+    """One `placement` row per case opened on `run_date` that was not in `before`."""
+    rows = conn.execute(
+        select(cases.c.case_id, cases.c.loan_id, loans.c.borrower_id, cases.c.agency_id,
+               cases.c.placed_balance, cases.c.currency, cases.c.dpd_at_placement)
+        .join(loans, loans.c.loan_id == cases.c.loan_id)
+        .where(cases.c.placed_on == run_date)
+        .order_by(cases.c.case_id)
+    ).all()
+    return append_many(conn, (
+        {"kind": "placement", "at": at, "loan_id": row.loan_id, "borrower_id": row.borrower_id,
+         "detail": {"case_id": row.case_id, "agency_id": row.agency_id,
+                    "balance": row.placed_balance, "currency": row.currency,
+                    "dpd": row.dpd_at_placement}}
+        for row in rows if row.case_id not in before
+    ))  # fmt: skip
+
+
+def cases_placed_on(conn: Connection, run_date: date) -> set[str]:
+    return set(conn.execute(select(cases.c.case_id).where(cases.c.placed_on == run_date)).scalars())
+
+
+MESSAGE_FIELDS = ("channel", "stage", "status", "reason", "provider", "provider_id",
+                  "error_code", "attempts")  # fmt: skip
+
+
+def record_messages(conn: Connection, kind: str, message_ids: Iterable[int], at: datetime,
+                    **extra: Any) -> int:  # fmt: skip
+    """One `kind` row per message row, stating its status as it now stands in `conn`.
+
+    For the hooks where a send is recorded (`send`), a status changes (`status`) or a claim
+    cancels a planned row (`decision`): call after the UPDATE, in its transaction. `extra`
+    (ids and codes only, e.g. source="twilio") is added to every row's detail.
+    """
+    ids = sorted(set(message_ids))
+    events = []
+    for start in range(0, len(ids), 1000):
+        rows = conn.execute(
+            select(messages.c.id, messages.c.loan_id, messages.c.borrower_id,
+                   *(messages.c[name] for name in MESSAGE_FIELDS))
+            .where(messages.c.id.in_(ids[start : start + 1000]))
+            .order_by(messages.c.id)
+        ).all()  # fmt: skip
+        events.extend(
+            {"kind": kind, "at": at, "borrower_id": row.borrower_id, "loan_id": row.loan_id,
+             "message_id": row.id,
+             "detail": {name: row._mapping[name] for name in MESSAGE_FIELDS} | extra}
+            for row in rows
+        )  # fmt: skip
+    return append_many(conn, events)
