@@ -63,26 +63,39 @@ def record_decisions(conn: Connection, run_date: date, after_id: int, at: dateti
     return append_prepared(conn, _decisions(conn, run_date, after_id, at))
 
 
-def record_placements(conn: Connection, run_date: date, before: set[str], at: datetime) -> int:
-    """One `placement` row per case opened on `run_date` that was not in `before`."""
+def case_snapshot(conn: Connection, run_date: date) -> dict[str, str]:
+    """Status by case id of the cases a run may open or end (open, or placed on the day)."""
+    query = select(cases.c.case_id, cases.c.status).where(
+        (cases.c.status == "open") | (cases.c.placed_on == run_date)
+    )
+    return {case_id: status for case_id, status in conn.execute(query)}
+
+
+def record_placements(conn: Connection, run_date: date, before: dict[str, str],
+                      at: datetime) -> int:  # fmt: skip
+    """A `placement` row per case the run opened (`placed`) or ended (`closed`/`recalled`),
+    judged against the `case_snapshot` taken before it."""
     rows = conn.execute(
         select(cases.c.case_id, cases.c.loan_id, loans.c.borrower_id, cases.c.agency_id,
+               cases.c.status, cases.c.close_reason, cases.c.placed_on,
                cases.c.placed_balance, cases.c.currency, cases.c.dpd_at_placement)
         .join(loans, loans.c.loan_id == cases.c.loan_id)
-        .where(cases.c.placed_on == run_date)
+        .where((cases.c.placed_on == run_date) | (cases.c.closed_on == run_date))
         .order_by(cases.c.case_id)
-    ).all()
-    return append_many(conn, (
-        {"kind": "placement", "at": at, "loan_id": row.loan_id, "borrower_id": row.borrower_id,
-         "detail": {"case_id": row.case_id, "agency_id": row.agency_id,
-                    "balance": row.placed_balance, "currency": row.currency,
-                    "dpd": row.dpd_at_placement}}
-        for row in rows if row.case_id not in before
-    ))  # fmt: skip
-
-
-def cases_placed_on(conn: Connection, run_date: date) -> set[str]:
-    return set(conn.execute(select(cases.c.case_id).where(cases.c.placed_on == run_date)).scalars())
+    ).all()  # fmt: skip
+    events = []
+    for row in rows:
+        if row.case_id not in before and row.placed_on == run_date:
+            detail = {"action": "placed", "balance": row.placed_balance,
+                      "currency": row.currency, "dpd": row.dpd_at_placement}  # fmt: skip
+        elif before.get(row.case_id) == "open" and row.status != "open":
+            detail = {"action": row.status, "reason": row.close_reason}
+        else:
+            continue
+        detail |= {"case_id": row.case_id, "agency_id": row.agency_id}
+        events.append({"kind": "placement", "at": at, "loan_id": row.loan_id,
+                       "borrower_id": row.borrower_id, "detail": detail})  # fmt: skip
+    return append_many(conn, events)
 
 
 MESSAGE_FIELDS = ("channel", "stage", "status", "reason", "provider", "provider_id",

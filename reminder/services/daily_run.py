@@ -178,11 +178,11 @@ def _plan_day(conn: Connection, app: App, moment: RunMoment) -> dict[str, int]:
     with evaluated_day(conn, app.config, moment.run_date):
         settle_promises(conn, app, moment)
         last_id = audit.last_message_id(conn)
-        placed = audit.cases_placed_on(conn, moment.run_date)
+        placed = audit.case_snapshot(conn, moment.run_date)
         plan(conn, app.config, moment)
         place_cases(conn, app.config, moment.run_date)
         stages = stage_counts(conn, app, moment.run_date)
-    # the audit trail: one decision per new message row, one placement per new case
+    # the audit trail: a decision per new message row, a placement per case opened or ended
     audit.record_decisions(conn, moment.run_date, last_id, moment.run_at)
     audit.record_placements(conn, moment.run_date, placed, moment.run_at)
     return stages

@@ -6,6 +6,7 @@ import hashlib
 import json
 import threading
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,18 @@ def test_a_daily_run_appends_one_decision_per_message_row_and_a_placement_per_ca
     suppressed = [row.detail for row in decisions if row.detail["status"] == "suppressed"]
     assert suppressed and all(d["reason"] == "no_consent" for d in suppressed)
     assert _verify(portfolio) == audit.VerifyResult(True, len(rows))
+
+
+def test_a_case_ended_by_a_run_gets_a_placement_row_too(portfolio: Engine, config: Config) -> None:
+    _run(portfolio, config)
+    with portfolio.begin() as conn:
+        conn.execute(insert(payments).values(
+            payment_id="P1", loan_id="L3", paid_on=D, amount=Decimal("100.00"), source="ledger"))
+    _run(portfolio, config, D + timedelta(days=1))
+    placements = [row.detail for row in _rows(portfolio) if row.kind == "placement"]
+    assert [(d["action"], d.get("reason")) for d in placements] == [
+        ("placed", None), ("recalled", "paid_direct")]
+    assert _verify(portfolio).ok
 
 
 def test_a_rerun_of_the_same_day_appends_nothing(portfolio: Engine, config: Config) -> None:
