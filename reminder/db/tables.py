@@ -73,6 +73,8 @@ installments = Table(
     Column("due_date", Date, nullable=False),
     Column("amount_due", Money, nullable=False),
     Index("ix_installments_due_date", "due_date"),
+    # covering, in the order evaluation reads a loan's schedule (running totals per loan)
+    Index("ix_installments_schedule", "loan_id", "due_date", "seq", "amount_due"),
 )
 
 payments = Table(

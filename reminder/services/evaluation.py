@@ -9,19 +9,27 @@ was paid. Everything happens in SQL with a window function: no Python loop over 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import date, timedelta
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Column,
+    Connection,
+    Date,
     Integer,
+    MetaData,
     Select,
     String,
+    Table,
     and_,
     case,
     column,
     func,
+    insert,
     literal,
     literal_column,
     select,
@@ -48,30 +56,48 @@ def lookahead_days(config: Config) -> int:
     return max([0, *(-low for low in lows)])
 
 
-def loan_state(
-    config: Config, as_of: date, loan_ids: Sequence[str] | None = None
-) -> Select[Any]:
-    """One row per evaluated loan: loan_id, episode, dpd, overdue_cents, paid_cents.
+def _evaluation(
+    config: Config, as_of: date, loan_ids: Sequence[str] | None
+) -> tuple[Any, Any]:
+    """(totals, episodes): amounts per evaluated loan, and the state of the unpaid ones.
 
-    Loans with nothing unpaid up to D + lookahead have episode NULL (current). Closed
-    loans are left out; written-off ones are kept so the policy can say why it is silent.
+    A cheap pass first sums, per loan, what falls due up to D + lookahead and what was paid
+    up to D; only loans owing something there ("open") go through the running-total window
+    that finds the oldest unpaid installment. The others are current by construction.
     """
     d = as_date(literal(as_of))
     horizon = as_date(literal(as_of + timedelta(days=lookahead_days(config))))
     paid_filter = payments.c.paid_on <= d
+    due_filter = installments.c.due_date <= horizon
     if loan_ids is not None:
         paid_filter = and_(paid_filter, payments.c.loan_id.in_(loan_ids))
+        due_filter = and_(due_filter, installments.c.loan_id.in_(loan_ids))
     paid = (
         select(payments.c.loan_id, func.sum(cents(payments.c.amount)).label("paid"))
         .where(paid_filter)
         .group_by(payments.c.loan_id)
         .cte("paid")
     )
-    schedule_filter = and_(
-        installments.c.due_date <= horizon, loans.c.status != "closed"
+    due = (
+        select(installments.c.loan_id, func.sum(cents(installments.c.amount_due)).label("due"))
+        .where(due_filter)
+        .group_by(installments.c.loan_id)
+        .cte("due")
     )
-    if loan_ids is not None:
-        schedule_filter = and_(schedule_filter, installments.c.loan_id.in_(loan_ids))
+    totals = (
+        select(
+            due.c.loan_id,
+            due.c.due,
+            func.coalesce(paid.c.paid, ZERO).label("paid"),
+        )
+        .join(loans, loans.c.loan_id == due.c.loan_id)
+        .outerjoin(paid, paid.c.loan_id == due.c.loan_id)
+        .where(loans.c.status != "closed")
+        .cte("totals")
+    )
+    unpaid = select(totals.c.loan_id, totals.c.paid).where(
+        totals.c.due > totals.c.paid
+    ).cte("unpaid")
     running_due = func.sum(cents(installments.c.amount_due)).over(
         partition_by=installments.c.loan_id,
         order_by=(installments.c.due_date, installments.c.seq),
@@ -83,37 +109,115 @@ def loan_state(
             installments.c.due_date,
             cents(installments.c.amount_due).label("amount_due"),
             running_due.label("running_due"),
+            unpaid.c.paid,
         )
-        .join(loans, loans.c.loan_id == installments.c.loan_id)
-        .where(schedule_filter)
+        .join(unpaid, unpaid.c.loan_id == installments.c.loan_id)
+        .where(due_filter)
         .cte("schedule")
     )
-    paid_cents = func.coalesce(paid.c.paid, ZERO)
-    episode = func.min(case((schedule.c.running_due > paid_cents, schedule.c.due_date)))
+    episode = func.min(case((schedule.c.running_due > schedule.c.paid, schedule.c.due_date)))
     fell_due = func.sum(case((schedule.c.due_date < d, schedule.c.amount_due), else_=ZERO))
-    state = (
+    episodes = (
         select(
             schedule.c.loan_id,
             episode.label("episode"),
-            func.max(paid_cents).label("paid_cents"),
+            func.max(schedule.c.paid).label("paid_cents"),
             fell_due.label("fell_due_cents"),
         )
-        .select_from(schedule.outerjoin(paid, paid.c.loan_id == schedule.c.loan_id))
         .group_by(schedule.c.loan_id)
-        .cte("state")
+        .cte("episodes")
     )
-    overdue = case(
-        (state.c.fell_due_cents > state.c.paid_cents,
-         state.c.fell_due_cents - state.c.paid_cents),
-        else_=ZERO,
-    )
-    return select(
-        state.c.loan_id,
-        state.c.episode,
-        days_between(d, state.c.episode).label("dpd"),
+    return totals, episodes
+
+
+def _state_columns(as_of: date, episode: Any, fell_due: Any, paid: Any) -> list[Any]:
+    overdue = case((fell_due > paid, fell_due - paid), else_=ZERO)
+    return [
+        episode.label("episode"),
+        days_between(as_date(literal(as_of)), episode).label("dpd"),
         overdue.label("overdue_cents"),
-        state.c.paid_cents,
+        paid.label("paid_cents"),
+    ]
+
+
+def open_loan_state(
+    config: Config, as_of: date, loan_ids: Sequence[str] | None = None
+) -> Select[Any]:
+    """`loan_state` restricted to the loans owing something up to D + lookahead."""
+    _totals, episodes = _evaluation(config, as_of, loan_ids)
+    return select(
+        episodes.c.loan_id,
+        *_state_columns(
+            as_of, episodes.c.episode, episodes.c.fell_due_cents, episodes.c.paid_cents
+        ),
     )
+
+
+def loan_state(
+    config: Config, as_of: date, loan_ids: Sequence[str] | None = None
+) -> Select[Any]:
+    """One row per evaluated loan: loan_id, episode, dpd, overdue_cents, paid_cents.
+
+    Loans with nothing unpaid up to D + lookahead have episode NULL (current). Closed
+    loans are left out; written-off ones are kept so the policy can say why it is silent.
+    Inside `evaluated_day` for the same day, the day's materialized state is read instead
+    (open loans only: every reader in a run looks at those alone).
+    """
+    materialized = _DAY.get()
+    if loan_ids is None and materialized is not None and materialized == (config, as_of):
+        return select(
+            day_state.c.loan_id,
+            day_state.c.episode,
+            day_state.c.dpd,
+            day_state.c.overdue_cents,
+            day_state.c.paid_cents,
+        )
+    totals, episodes = _evaluation(config, as_of, loan_ids)
+    return select(
+        totals.c.loan_id,
+        *_state_columns(
+            as_of,
+            episodes.c.episode,
+            func.coalesce(episodes.c.fell_due_cents, ZERO),
+            totals.c.paid,
+        ),
+    ).outerjoin_from(totals, episodes, episodes.c.loan_id == totals.c.loan_id)
+
+
+day_state = Table(
+    "day_state",
+    MetaData(),
+    Column("loan_id", String(64), primary_key=True),
+    Column("episode", Date),
+    Column("dpd", Integer),
+    Column("overdue_cents", BigInteger),
+    Column("paid_cents", BigInteger),
+    prefixes=["TEMPORARY"],
+)
+_DAY: ContextVar[tuple[Config, date] | None] = ContextVar("evaluated_day", default=None)
+
+
+@contextmanager
+def evaluated_day(conn: Connection, config: Config, as_of: date) -> Iterator[None]:
+    """Evaluate the portfolio once for a run: `loan_state(config, as_of)` reads the result.
+
+    The open loans' state goes into a TEMP table on `conn` (inside the run's transaction);
+    planning, placement and the stage counts then read it instead of evaluating again.
+    """
+    day_state.drop(conn, checkfirst=True)
+    day_state.create(conn)
+    conn.execute(
+        insert(day_state).from_select(
+            [c.name for c in day_state.c], open_loan_state(config, as_of)
+        )
+    )
+    conn.exec_driver_sql("ANALYZE day_state")
+    token = _DAY.set((config, as_of))
+    try:
+        yield
+    finally:
+        _DAY.reset(token)
+        day_state.drop(conn, checkfirst=True)
 
 
 def stage_table(config: Config) -> Any:

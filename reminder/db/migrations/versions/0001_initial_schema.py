@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-04 15:47:53.324063
+Create Date: 2026-12-04 16:29:00.097250
 """
 
 from __future__ import annotations
@@ -167,6 +167,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('installments', schema=None) as batch_op:
         batch_op.create_index('ix_installments_due_date', ['due_date'], unique=False)
+        batch_op.create_index('ix_installments_schedule', ['loan_id', 'due_date', 'seq', 'amount_due'], unique=False)
 
     op.create_table('messages',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -246,6 +247,7 @@ def downgrade() -> None:
 
     op.drop_table('messages')
     with op.batch_alter_table('installments', schema=None) as batch_op:
+        batch_op.drop_index('ix_installments_schedule')
         batch_op.drop_index('ix_installments_due_date')
 
     op.drop_table('installments')
