@@ -182,7 +182,7 @@ def test_the_rate_limit_is_never_exceeded_in_any_second(app: App, sms: FakeSende
     times = sorted(sms.times)
     assert len(times) == 70
     busiest = max(sum(1 for t in times[i:] if t - start < 1.0) for i, start in enumerate(times))
-    assert 45 <= busiest <= 50
+    assert 40 <= busiest <= 50  # never above the rate; close to it unless the CPU starves us
 
 
 def _crash_mid_send(app: App, claimed_by: str = "elsewhere-host-gone:1") -> dict[str, Any]:
