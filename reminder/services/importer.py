@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from itertools import islice
 from operator import itemgetter
 from pathlib import Path
@@ -47,6 +48,7 @@ CHUNK_ROWS = 10_000
 MAX_REJECTIONS = 100_000  # kept in detail; beyond that only counted (bounded memory)
 _IN_BATCH = 10_000  # parameters per IN (...) list, well under SQLite's and libpq's limits
 
+_ANALYZE_AFTER = 10_000  # imported rows after which PostgreSQL statistics are refreshed
 _first = itemgetter(0)
 Progress = Callable[[int, int], None]  # (bytes read, file size)
 Masks = list[Mask | None] | None  # per row; None when every row carries every field
@@ -135,6 +137,7 @@ def import_file(
             _import_chunk(spec, store, raw, report)
             if on_progress:
                 on_progress(handle.buffer.tell(), total)  # type: ignore[attr-defined]
+    store.analyze(report)
     if on_progress:
         on_progress(total, total)
     report.rejected.sort(key=lambda rejection: rejection.line)
@@ -366,39 +369,49 @@ class _Store:
             else q(c)
             for c in kind.columns
         )
-        lock = " FOR UPDATE" if self.postgres else ""  # SQLite: BEGIN IMMEDIATE locked all
-        self.stored_sql = (
-            f"SELECT {selected} FROM {q(kind.name)} WHERE {q(kind.columns[0])} IN ({{}}){lock}"
-        )
+        self.stored_sql = f"SELECT {selected} FROM {q(kind.name)} WHERE {q(kind.columns[0])} {{}}"
         self.ref_sql, self.ref_index = "", -1
         if kind.ref:
             name, ref_table = kind.ref
             self.ref_index = kind.columns.index(name)
             lock = " FOR KEY SHARE" if self.postgres else ""  # it cannot vanish before commit
-            self.ref_sql = f"SELECT {q(name)} FROM {q(ref_table)} WHERE {q(name)} IN ({{}}){lock}"
+            self.ref_sql = f"SELECT {q(name)} FROM {q(ref_table)} WHERE {q(name)} {{}}{lock}"
         self.stamp = None
         if kind.stamped:
             self.stamp = table.c.updated_at.type.bind_processor(engine.dialect)
-        columns = ", ".join(map(q, [*kind.columns, *(["updated_at"] if kind.stamped else [])]))
-        width = len(kind.columns) + kind.stamped
-        updates = ", ".join(
-            f"{q(c)} = excluded.{q(c)}"
-            for c in [*kind.columns[kind.key_len :], *(["updated_at"] if kind.stamped else [])]
-        )
-        on_conflict = f"ON CONFLICT ({', '.join(map(q, kind.columns[: kind.key_len]))}) "
-        on_conflict += f"DO UPDATE SET {updates}"
-        self.upsert_sql = (
-            f"INSERT INTO {q(kind.name)} ({columns}) "
-            f"VALUES ({', '.join([self.mark] * width)}) {on_conflict}"
-        )
-        temp = q(f"import_{kind.name}")
+        self.quote, self.table = q, q(kind.name)
+        self.columns = [*kind.columns, *(["updated_at"] if kind.stamped else [])]
+        self.temp = q(f"import_{kind.name}")
         self.temp_sql = (
-            f"CREATE TEMPORARY TABLE IF NOT EXISTS {temp} "
-            f"(LIKE {q(kind.name)} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.temp} "
+            f"(LIKE {self.table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
-        self.copy_sql = f"COPY {temp} ({columns}) FROM STDIN"
-        self.merge_sql = (
-            f"INSERT INTO {q(kind.name)} ({columns}) SELECT {columns} FROM {temp} {on_conflict}"
+        self.copy_sql = f"COPY {self.temp} ({', '.join(map(q, self.columns))}) FROM STDIN"
+
+    @cache  # noqa: B019 (one store per import: the cache dies with it)
+    def upsert(self, mask: Mask | None) -> str:
+        """`INSERT ... ON CONFLICT DO UPDATE` setting only the fields the rows carried.
+
+        Fields a file lacks are left to whatever the row holds at commit time, so that
+        a concurrent change to them is never overwritten by the value read for the merge.
+        """
+        q, key_len = self.quote, self.kind.key_len
+        carried = [
+            c
+            for i, c in enumerate(self.columns)
+            if i >= key_len and (mask is None or i >= len(mask) or mask[i])
+        ]
+        columns = ", ".join(map(q, self.columns))
+        keys = ", ".join(map(q, self.columns[:key_len]))
+        updates = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in carried)
+        source = (
+            f"SELECT {columns} FROM {self.temp}"
+            if self.postgres
+            else (f"VALUES ({', '.join([self.mark] * len(self.columns))})")
+        )
+        return (
+            f"INSERT INTO {self.table} ({columns}) {source} "
+            f"ON CONFLICT ({keys}) DO UPDATE SET {updates}"
         )
 
     def write(
@@ -408,29 +421,45 @@ class _Store:
         with self.engine.begin() as conn:
             cursor = conn.connection.cursor()
             try:
+                if self.postgres:  # a table filled since its last ANALYZE looks tiny to the
+                    cursor.execute("SET LOCAL enable_seqscan = off")  # planner: keep the index
                 if self.kind.ref:
                     rows, lines, masks = self._known_references(cursor, rows, lines, masks, report)
                 # one IN list on the first key column (installments: every seq of the loans)
                 stored = self._select_in(cursor, self.stored_sql, set(map(_first, rows)))
-                changed = self._classify(rows, masks, stored, report)
-                if changed and self.postgres:
-                    cursor.execute(self.temp_sql)
-                    with cursor.copy(self.copy_sql) as copy:
-                        for values in changed:
-                            copy.write_row(values)
-                    cursor.execute(self.merge_sql)
-                elif changed:
-                    cursor.executemany(self.upsert_sql, changed)
+                for mask, changed in self._classify(rows, masks, stored, report).items():
+                    self._upsert(cursor, mask, changed)
             finally:
                 cursor.close()
 
+    def analyze(self, report: ImportReport) -> None:
+        """After a large PostgreSQL import, refresh the planner's statistics of the table."""
+        if self.postgres and report.imported >= _ANALYZE_AFTER:
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql(f"ANALYZE {self.table}")
+
+    def _upsert(self, cursor: Any, mask: Mask | None, rows: list[tuple[Any, ...]]) -> None:
+        if not self.postgres:
+            cursor.executemany(self.upsert(mask), rows)
+            return
+        cursor.execute(self.temp_sql)
+        with cursor.copy(self.copy_sql) as copy:
+            for values in rows:
+                copy.write_row(values)
+        cursor.execute(self.upsert(mask))
+        cursor.execute(f"DELETE FROM {self.temp}")
+
     def _select_in(self, cursor: Any, sql: str, wanted: set[Any]) -> list[tuple[Any, ...]]:
-        """Run `sql` with its IN list filled, in batches the drivers accept."""
+        """Run `sql` for the `wanted` keys: `= ANY(array)` on PostgreSQL (one parameter),
+        an `IN (?, ...)` list on SQLite in batches under its parameter limit."""
         values = list(wanted)
+        if self.postgres:
+            cursor.execute(sql.format("= ANY(%s)"), [values])
+            return cursor.fetchall()  # type: ignore[no-any-return]
         found: list[tuple[Any, ...]] = []
         for start in range(0, len(values), _IN_BATCH):
             batch = values[start : start + _IN_BATCH]
-            cursor.execute(sql.format(", ".join([self.mark] * len(batch))), batch)
+            cursor.execute(sql.format(f"IN ({', '.join('?' * len(batch))})"), batch)
             found.extend(cursor.fetchall())
         return found
 
@@ -462,34 +491,35 @@ class _Store:
         masks: Masks,
         stored: list[tuple[Any, ...]],
         report: ImportReport,
-    ) -> list[tuple[Any, ...]]:
-        """Apply the rows in file order over the stored state; return the tuples to write."""
+    ) -> dict[Mask | None, list[tuple[Any, ...]]]:
+        """Apply the rows in file order over the stored state: what to write, by mask."""
         key = self.key
         if masks is None and len(set(map(key, rows))) == len(rows):  # the common case
             # keys are unique in the chunk, so a row equal to a stored row is unchanged
             same = set(stored)
             touched = [values for values in rows if values not in same] if same else rows
-            imported = len(touched)
+            imported, groups = len(touched), {None: touched} if touched else {}
         else:
             state = {key(values): values for values in stored}
             keys = list(map(key, rows))
-            touched, imported = _apply_in_order(keys, rows, masks or [None] * len(rows), state)
+            groups, imported = _apply_in_order(keys, rows, masks or [None] * len(rows), state)
         report.imported += imported
         report.unchanged += len(rows) - imported
-        if self.stamp is None:
-            return touched
-        now = self.stamp(datetime.now(UTC))
-        return [(*values, now) for values in touched]
+        if self.stamp is not None:
+            now = self.stamp(datetime.now(UTC))
+            groups = {mask: [(*values, now) for values in group] for mask, group in groups.items()}
+        return groups
 
 
 def _apply_in_order(
     keys: list[Any], rows: list[tuple[Any, ...]], masks: list[Mask | None], state: dict
-) -> tuple[list[tuple[Any, ...]], int]:
+) -> tuple[dict[Mask | None, list[tuple[Any, ...]]], int]:
     """Rows one by one (a key may repeat; a row may carry only some fields).
 
-    Returns the final tuple of every key that changed, and how many rows changed something.
+    Returns the final tuple of every key that changed, grouped by the fields its rows
+    carried, and how many rows changed something.
     """
-    touched: dict[Any, tuple[Any, ...]] = {}
+    touched: dict[Any, tuple[tuple[Any, ...], Mask | None]] = {}
     imported = 0
     for key, values, mask in zip(keys, rows, masks, strict=True):
         old = state.get(key)
@@ -498,5 +528,12 @@ def _apply_in_order(
             values = tuple(new if given else was for new, was, given in pairs)
         if values != old:
             imported += 1
-            state[key] = touched[key] = values
-    return list(touched.values()), imported
+            state[key] = values
+            carried = touched[key][1] if key in touched else mask
+            if carried is not None and mask is not None:
+                carried = tuple(a or b for a, b in zip(carried, mask, strict=True))
+            touched[key] = (values, None if mask is None else carried)
+    groups: dict[Mask | None, list[tuple[Any, ...]]] = {}
+    for values, mask in touched.values():
+        groups.setdefault(mask, []).append(values)
+    return groups, imported

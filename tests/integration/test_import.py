@@ -354,3 +354,24 @@ def test_the_column_fast_paths_agree_with_the_per_value_parsers(column: list[str
             fast, fast_errors = parse_column(field, column)
             slow, slow_errors = parse_column(dataclasses.replace(field, fast=None), column)
             assert (list(fast), fast_errors) == (list(slow), slow_errors), field.name
+
+
+def test_json_records_carrying_different_fields_merge_in_file_order(
+    portfolio: Engine, tmp_path: Path
+) -> None:
+    records = [
+        {"borrower_id": "B1", "name": "Ann Lee", "email": "ann@example.com", "consent_sms": 0},
+        {"borrower_id": "B1", "name": "Ann Lee-Smith"},
+        {"borrower_id": "B2", "name": "Bob", "consent_voice": False},
+        {"borrower_id": "B2", "name": "Bob", "email": None},
+    ]
+    text = "".join(json.dumps(record) + "\n" for record in records)
+    report = load(portfolio, tmp_path, "borrowers", text, name="b.jsonl")
+    assert (report.imported, report.unchanged) == (3, 1)
+    ann, bob = rows(portfolio, borrowers)
+    assert (ann["name"], ann["email"], ann["consent_sms"]) == (
+        "Ann Lee-Smith",
+        "ann@example.com",
+        False,
+    )
+    assert (ann["phone"], bob["consent_voice"], bob["consent_sms"]) == ("+12125550100", False, True)
