@@ -5,8 +5,9 @@ few thousand rows, each chunk in its own transaction: a crash loses at most the 
 flight, and re-running the import completes it because an import is an idempotent upsert.
 Per chunk, rows are validated in Python (`import_rows`), one query checks the references,
 one query fetches the stored rows for the chunk's keys (to tell new, changed and unchanged
-apart) and one executemany upserts what is new or changed. Values reach the driver as
-plain tuples in storage form (integer cents, ISO date strings): no ORM, no per-row types.
+apart) and one statement upserts what is new or changed (an executemany on SQLite, a COPY
+and one INSERT ... SELECT on PostgreSQL). Values reach the driver as plain tuples in
+storage form (integer cents, ISO date strings): no ORM objects, no per-row type processing.
 
 A column absent from the file (or a key absent from a JSON record) keeps its stored value
 on update and takes its default on insert; a column present but empty sets the default.
@@ -360,7 +361,6 @@ class _Store:
         self.engine, self.kind = engine, kind
         self.key = itemgetter(*range(kind.key_len))
         self.postgres = engine.dialect.name == "postgresql"
-        self.mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
         q = engine.dialect.identifier_preparer.quote
         table = tables.metadata.tables[kind.name]
         selected = ", ".join(
@@ -407,7 +407,7 @@ class _Store:
         source = (
             f"SELECT {columns} FROM {self.temp}"
             if self.postgres
-            else (f"VALUES ({', '.join([self.mark] * len(self.columns))})")
+            else f"VALUES ({', '.join('?' * len(self.columns))})"
         )
         return (
             f"INSERT INTO {self.table} ({columns}) {source} "
