@@ -8,7 +8,12 @@ changed byte anywhere breaks the chain at that row, a deleted row at the next on
 Appends are serialized so the chain stays linear with concurrent writers: PostgreSQL takes
 a transaction-scoped advisory lock; SQLite transactions are already exclusive (the engine
 issues BEGIN IMMEDIATE). Ids are given out under that lock (last id + 1), so they are
-contiguous and a gap is itself evidence of a deletion.
+contiguous and a gap is itself evidence of a deletion. The lock is held until commit, so
+append as late in a transaction as you can: after its UPDATEs, never before row locks that
+another appender may hold (that order could deadlock on PostgreSQL).
+
+What verification cannot see: rows cut off the end of the log (nothing follows them to
+break); compare `rows_checked` with a count recorded elsewhere to catch that.
 
 Rows never hold personal data (no name, phone, email or message text): `reminder forget`
 erases those elsewhere and the chain stays verifiable.
