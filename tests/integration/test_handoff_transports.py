@@ -271,3 +271,18 @@ def test_export_over_sftp_marks_cases_exported_only_after_a_whole_upload(
                      report.files[0].file_name.replace(".csv", ".manifest.json")]
     with engine.connect() as conn:
         assert None not in set(conn.execute(select(cases.c.exported_at)).scalars())
+
+
+def test_sftp_from_config_reads_the_key_from_the_named_variable(
+    sftp_server: SftpServer, config: Config, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    sftp_server.known_hosts(tmp_path / "agency_known_hosts")  # config.base_dir is tmp_path
+    (sftp_server.root / "inbox").mkdir()
+    monkeypatch.setenv("ACME_SFTP_KEY", str(sftp_server.client_key_path))
+    agency = _agency(transport="sftp", host="127.0.0.1", port=sftp_server.port,
+                     username="acme", key_file_env="ACME_SFTP_KEY",
+                     known_hosts="agency_known_hosts", remote_dir="inbox")  # fmt: skip
+    transport = SftpTransport.from_config(config, agency)
+    assert "ACME" not in repr(transport) and "***" in repr(transport)
+    transport.deliver("f.csv", b"x\n")
+    assert (sftp_server.root / "inbox" / "f.csv").read_bytes() == b"x\n"
