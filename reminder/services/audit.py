@@ -147,7 +147,7 @@ def _insert(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
 Prepared = tuple[datetime, str, str | None, str | None, int | None, str]
 
 
-def _prepare(event: Mapping[str, Any]) -> Prepared:
+def prepare(event: Mapping[str, Any]) -> Prepared:
     kind = event["kind"]
     if kind not in KINDS:
         raise ValueError(f"unknown audit kind {kind!r}")
@@ -160,10 +160,13 @@ def _prepare(event: Mapping[str, Any]) -> Prepared:
 def append_prepared(conn: Connection, events: Iterable[Prepared]) -> int:
     """Lock, then hash-chain and write the events in batches; returns how many."""
     source = iter(events)
+    batch = list(islice(source, BATCH))
+    if not batch:
+        return 0  # nothing to write: no lock taken
     last_id, prev = _lock_and_tail(conn)
     stored_at = 2 if conn.dialect.name == "sqlite" else 1  # text on SQLite, naive UTC on PG
     added = 0
-    while batch := list(islice(source, BATCH)):
+    while batch:
         finished = []
         for at, kind, borrower_id, loan_id, message_id, detail in batch:
             forms = _instant_forms(at)
@@ -176,6 +179,7 @@ def append_prepared(conn: Connection, events: Iterable[Prepared]) -> int:
         _insert(conn, finished)
         added += len(finished)
         _remember_tail(conn, last_id, prev)
+        batch = list(islice(source, BATCH))
     return added
 
 
@@ -186,7 +190,7 @@ def append_many(conn: Connection, rows: Iterable[Mapping[str, Any]]) -> int:
     one lock and a few round trips. Call inside the transaction that made the change, so
     the log and the change commit (or vanish) together. Returns how many rows were added.
     """
-    return append_prepared(conn, map(_prepare, rows))
+    return append_prepared(conn, map(prepare, rows))
 
 
 def append(conn: Connection, kind: str, *, borrower_id: str | None = None,

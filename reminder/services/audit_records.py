@@ -1,15 +1,17 @@
 """What the services record in the audit trail: a run's decisions and placements, sends
-and status changes of message rows. Each reads the rows it records in the caller's
-transaction, so the log states what was committed, with ids and codes only (no PII).
+and status changes of message rows, flags, replies and outcomes. The recorders read the
+rows they record in the caller's transaction, so the log states what was committed, with
+ids and codes only (no PII). Hooks inside other services' transactions queue their events
+with the `*_on_commit` functions: they are chained just before that transaction commits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Date, bindparam, func, select, text
+from sqlalchemy import Connection, Date, bindparam, event, func, select, text
 
 from reminder.db.tables import cases, loans, messages
 from reminder.services.audit import (
@@ -18,6 +20,7 @@ from reminder.services.audit import (
     append_many,
     append_prepared,
     dump,
+    prepare,
     quote,
     stored_iso,
 )
@@ -102,15 +105,8 @@ MESSAGE_FIELDS = ("channel", "stage", "status", "reason", "provider", "provider_
                   "error_code", "attempts")  # fmt: skip
 
 
-def record_messages(conn: Connection, kind: str, message_ids: Iterable[int], at: datetime,
-                    **extra: Any) -> int:  # fmt: skip
-    """One `kind` row per message row, stating its status as it now stands in `conn`.
-
-    For the hooks where a send is recorded (`send`), a status changes (`status`) or a claim
-    cancels a planned row (`decision`): call after the UPDATE, in its transaction. `extra`
-    (ids and codes only, e.g. source="twilio") is added to every row's detail.
-    """
-    ids = sorted(set(message_ids))
+def _message_events(conn: Connection, kind: str, ids: list[int], at: datetime,
+                    extra: dict[str, Any]) -> list[Prepared]:  # fmt: skip
     events = []
     for start in range(0, len(ids), 1000):
         rows = conn.execute(
@@ -120,9 +116,66 @@ def record_messages(conn: Connection, kind: str, message_ids: Iterable[int], at:
             .order_by(messages.c.id)
         ).all()  # fmt: skip
         events.extend(
-            {"kind": kind, "at": at, "borrower_id": row.borrower_id, "loan_id": row.loan_id,
-             "message_id": row.id,
-             "detail": {name: row._mapping[name] for name in MESSAGE_FIELDS} | extra}
+            prepare({"kind": kind, "at": at, "borrower_id": row.borrower_id,
+                     "loan_id": row.loan_id, "message_id": row.id,
+                     "detail": {name: row._mapping[name] for name in MESSAGE_FIELDS} | extra})
             for row in rows
         )  # fmt: skip
-    return append_many(conn, events)
+    return events
+
+
+Queued = Prepared | Callable[[Connection], list[Prepared]]
+PENDING = "reminder.audit.pending"  # conn.info key: (transaction, queued events)
+
+
+def _queue(conn: Connection, item: Queued) -> None:
+    transaction = conn.get_transaction()
+    if transaction is None:
+        raise RuntimeError("audit events are queued inside a transaction")
+    queued = conn.info.get(PENDING)
+    if queued is None or queued[0] is not transaction:
+        queued = (transaction, [])
+        conn.info[PENDING] = queued
+        event.listen(conn, "commit", _flush, once=True)
+        event.listen(conn, "rollback", _drop, once=True)
+    queued[1].append(item)
+
+
+def _flush(conn: Connection) -> None:
+    queued = conn.info.pop(PENDING, None)
+    if queued is None or queued[0] is not conn.get_transaction():
+        return  # a listener left over from a transaction that rolled back
+    events: list[Prepared] = []
+    for item in queued[1]:
+        events.extend(item(conn) if callable(item) else [item])
+    append_prepared(conn, events)
+
+
+def _drop(conn: Connection) -> None:
+    conn.info.pop(PENDING, None)
+
+
+def append_on_commit(conn: Connection, kind: str, *, borrower_id: str | None = None,
+                     loan_id: str | None = None, message_id: int | None = None,
+                     detail: Mapping[str, Any] | None = None, at: datetime) -> None:  # fmt: skip
+    """`audit.append`, written just before `conn`'s transaction commits (dropped on rollback).
+
+    The audit lock is then the last lock the transaction takes, after every row lock it
+    holds, so hooks in the middle of a service's transaction cannot deadlock appenders on
+    PostgreSQL. The event is checked (kind, no personal data) now. Not savepoint-aware.
+    """
+    _queue(conn, prepare({"kind": kind, "borrower_id": borrower_id, "loan_id": loan_id,
+                          "message_id": message_id, "detail": detail, "at": at}))  # fmt: skip
+
+
+def record_messages_on_commit(conn: Connection, kind: str, message_ids: Iterable[int],
+                              at: datetime, **extra: Any) -> None:  # fmt: skip
+    """One `kind` row per message row, with its status as it stands at commit.
+
+    For the hooks where a send is recorded (`send`), a status changes (`status`) or a claim
+    cancels a planned row (`decision`). `extra` (codes only, e.g. source="twilio") is added
+    to every row's detail.
+    """
+    ids = sorted(set(message_ids))
+    if ids:
+        _queue(conn, lambda c: _message_events(c, kind, ids, at, extra))

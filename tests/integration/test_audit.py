@@ -29,7 +29,7 @@ from reminder.db.tables import (
     payments,
     replies,
 )
-from reminder.services import audit
+from reminder.services import audit, audit_records
 from reminder.services.daily_run import RunOptions, run_day
 from tests.portfolio import Portfolio
 
@@ -223,6 +223,26 @@ def test_single_appends_in_one_transaction_after_a_rollback_and_a_savepoint_chai
     rows = _rows(engine)
     assert [row.detail["i"] for row in rows] == [0, 1, 2, 3]
     assert _verify(engine) == audit.VerifyResult(True, 4)
+
+
+def test_events_queued_on_commit_are_written_at_commit_and_dropped_on_rollback(
+    engine: Engine,
+) -> None:
+    with engine.connect() as conn:
+        with conn.begin() as transaction:
+            audit_records.append_on_commit(conn, "flag", borrower_id="B9", at=NOW)
+            transaction.rollback()
+        with conn.begin():
+            audit_records.append_on_commit(conn, "flag", borrower_id="B1", at=NOW,
+                                           detail={"flag": "dispute"})  # fmt: skip
+            count = select(func.count()).select_from(audit_log)
+            assert conn.execute(count).scalar_one() == 0  # not before the commit
+            audit.append(conn, "status", loan_id="L1", at=NOW)  # immediate: goes first
+    assert [(row.kind, row.borrower_id) for row in _rows(engine)] == [
+        ("status", None), ("flag", "B1")]
+    with engine.begin() as conn, pytest.raises(ValueError, match="personal data"):
+        audit_records.append_on_commit(conn, "flag", detail={"email": "x@example.com"}, at=NOW)
+    assert _verify(engine) == audit.VerifyResult(True, 2)
 
 
 def test_concurrent_appenders_keep_one_linear_chain(engine: Engine) -> None:
