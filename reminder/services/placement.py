@@ -41,7 +41,11 @@ RECENT_PAYMENT_DAYS = 30
 
 
 def suppressing_case(loan_id: ColumnElement[Any], config: Config) -> ColumnElement[bool]:
-    """True when the lender's reminders for `loan_id` are held back by an agency case."""
+    """True when the lender's reminders for `loan_id` are held back by an agency case.
+
+    An open case always holds them; a recalled one (aged out, or paid directly to the
+    lender) holds them too unless `[handoff] resume_after_recall` (SPEC section 6).
+    """
     statuses = ["open"] if config.handoff.resume_after_recall else ["open", "recalled"]
     return exists(
         select(cases.c.case_id).where(cases.c.loan_id == loan_id, cases.c.status.in_(statuses))

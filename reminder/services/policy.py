@@ -16,9 +16,10 @@ from sqlalchemy.sql.expression import ColumnElement
 
 from reminder.config import Config
 from reminder.db.sqlfn import as_date
-from reminder.db.tables import borrowers, cases, contact_flags, promises, replies
+from reminder.db.tables import borrowers, contact_flags, promises, replies
 from reminder.db.types import UTCDateTime
 from reminder.domain.reasons import ORDER
+from reminder.services.placement import suppressing_case
 
 FLAG_REASONS = ("deceased", "bankruptcy", "cease")
 
@@ -57,9 +58,7 @@ def conditions(
     loan_scope = or_(contact_flags.c.loan_id.is_(None), contact_flags.c.loan_id == loan_id)
     found: dict[str, ColumnElement[bool]] = {
         "written_off": inputs.loan_status == "written_off",
-        "placed": exists(
-            select(cases.c.case_id).where(cases.c.loan_id == loan_id, cases.c.status == "open")
-        ),
+        "placed": suppressing_case(loan_id, config),
         **{kind: _flag(kind, borrower_id) for kind in FLAG_REASONS},
         "dispute": _flag("dispute", borrower_id, loan_scope),
         "opted_out": _flag("opt_out", borrower_id, contact_flags.c.channel == channel),

@@ -169,11 +169,6 @@ def test_reminders_resume_after_a_recall_when_the_config_says_so(
     assert _recalled_then_upcoming(engine, config) == {("planned", None)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reminder/services/policy.py (not handoff's) checks only open cases for `placed`; "
-    "it should use reminder.services.placement.suppressing_case(loan_id, config)",
-)
 def test_a_recalled_case_keeps_reminders_suppressed_as_placed_by_default(
     engine: Engine, config: Config
 ) -> None:
