@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, update
 
 from reminder.db.tables import contact_flags, promises, replies
+from reminder.services.audit_records import append_on_commit
 
 
 def _active_flag(borrower_id: str, kind: str, channel: str | None) -> list[Any]:
@@ -55,6 +56,8 @@ def add_flag(
             created_at=now,
         )
     )
+    detail = {"flag": kind, "action": "added", "channel": channel, "source": source[:40]}
+    append_on_commit(conn, "flag", borrower_id=borrower_id, detail=detail, at=now)
     return True
 
 
@@ -73,7 +76,11 @@ def lift_flags(
         .where(*_active_flag(borrower_id, kind, channel))
         .values(lifted_at=now, lifted_note=note)
     )
-    return int(result.rowcount or 0)
+    lifted = int(result.rowcount or 0)
+    if lifted:  # the note may quote a person: only ids and codes go to the audit trail
+        detail = {"flag": kind, "action": "lifted", "channel": channel, "count": lifted}
+        append_on_commit(conn, "flag", borrower_id=borrower_id, detail=detail, at=now)
+    return lifted
 
 
 def add_promise(
@@ -101,4 +108,16 @@ def reply_exists(conn: Connection, provider_ref: str) -> bool:
 def insert_reply(conn: Connection, **values: Any) -> int:
     """Insert one replies row first in its transaction, so a racing duplicate fails early."""
     result = conn.execute(insert(replies).values(**values).returning(replies.c.id))
-    return int(result.scalar_one())
+    reply_id = int(result.scalar_one())
+    detail = {
+        "reply_id": reply_id,
+        "intent": values["intent"],
+        "channel": values["channel"],
+        "needs_person": bool(values.get("needs_person")),
+        "promise_date": values.get("promise_date"),
+    }
+    append_on_commit(
+        conn, "reply", borrower_id=values.get("borrower_id"), detail=detail,
+        at=values["received_at"],
+    )  # fmt: skip
+    return reply_id

@@ -21,6 +21,7 @@ from sqlalchemy import Connection, select, update
 from reminder.bootstrap import App
 from reminder.db.tables import messages
 from reminder.services import contact_changes as changes
+from reminder.services.audit_records import record_messages_on_commit
 
 log = logging.getLogger(__name__)
 FINAL = ("delivered", "failed", "undeliverable")
@@ -115,21 +116,24 @@ def apply_in(conn: Connection, app: App, event: StatusEvent, channel: str | None
     if match is None:
         return 0
     rows = conn.execute(
-        select(messages.c.id, messages.c.borrower_id, messages.c.channel).where(match)
-    ).all()
+        select(messages.c.id, messages.c.borrower_id, messages.c.channel, messages.c.status)
+        .where(match)
+    ).all()  # fmt: skip
     if not rows:
         log.info("status for an unknown send (%s)", event.source)
         return 0
     changed = 0
-    if event.status in FINAL:
-        values: dict[str, object] = {"status": event.status, "updated_at": app.clock.now()}
+    movable = [row.id for row in rows if row.status in MOVABLE]
+    if event.status in FINAL and movable:
+        now = app.clock.now()
+        values: dict[str, object] = {"status": event.status, "updated_at": now}
         if event.status != "delivered":
             values["error_code"] = event.error_code
             values["error"] = f"{event.source}: {event.error_code or event.status}"
-        result = conn.execute(
-            update(messages).where(match, messages.c.status.in_(MOVABLE)).values(**values)
-        )
+        moved = messages.c.id.in_(movable) & messages.c.status.in_(MOVABLE)
+        result = conn.execute(update(messages).where(moved).values(**values))
         changed = int(result.rowcount or 0)
+        record_messages_on_commit(conn, "status", movable, now, source=event.source)
     borrower_ids = sorted({row.borrower_id for row in rows})
     row_channel = channel or rows[0].channel
     now = app.clock.now()

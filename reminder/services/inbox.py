@@ -18,6 +18,7 @@ from reminder.bootstrap import App
 from reminder.db.tables import replies
 from reminder.errors import InputError
 from reminder.services import contact_changes as changes
+from reminder.services.audit_records import append_on_commit
 
 COLUMNS = (
     replies.c.id,
@@ -71,6 +72,8 @@ def resolve(
                 .where(replies.c.id == reply_id)
                 .values(resolved_at=now, resolution_note=note)
             )
+            detail = {"reply_id": reply_id, "action": "resolved"}  # never the note's text
+            append_on_commit(conn, "reply", borrower_id=row.borrower_id, detail=detail, at=now)
         lifted = {"dispute": 0, "cease": 0}
         for kind, wanted in (("dispute", lift_dispute), ("cease", lift_cease)):
             if wanted:
