@@ -128,6 +128,12 @@ def test_replies_steer_the_following_runs(hub: Harness, engine: Engine) -> None:
     )  # fmt: skip
     assert explained.exit_code == 0, explained.output
     assert "broken_promise" in explained.stdout and "2026-12-10" in explained.stdout
+    from reminder.services import audit
+
+    with engine.connect() as conn:  # every reply, flag and status change is in the chain
+        assert audit.verify(conn).ok
+        kinds = conn.execute(select(audit.audit_log.c.kind)).scalars().all()
+    assert kinds.count("reply") >= 4 + 1 and "flag" in kinds and "status" in kinds
 
 
 def test_inbox_lists_for_people_and_refuses_unknown_ids(engine: Engine, config: Config) -> None:
