@@ -90,14 +90,15 @@ def _evaluation(
             due.c.due,
             func.coalesce(paid.c.paid, ZERO).label("paid"),
         )
-        .join(loans, loans.c.loan_id == due.c.loan_id)
-        .outerjoin(paid, paid.c.loan_id == due.c.loan_id)
-        .where(loans.c.status != "closed")
+        .outerjoin_from(due, paid, paid.c.loan_id == due.c.loan_id)
         .cte("totals")
     )
-    unpaid = select(totals.c.loan_id, totals.c.paid).where(
-        totals.c.due > totals.c.paid
-    ).cte("unpaid")
+    unpaid = (
+        select(totals.c.loan_id, totals.c.paid)
+        .where(totals.c.due > totals.c.paid)
+        .cte("unpaid")
+        .prefix_with("MATERIALIZED")  # inlined, the window would see every installment
+    )
     running_due = func.sum(cents(installments.c.amount_due)).over(
         partition_by=installments.c.loan_id,
         order_by=(installments.c.due_date, installments.c.seq),
@@ -145,11 +146,15 @@ def open_loan_state(
 ) -> Select[Any]:
     """`loan_state` restricted to the loans owing something up to D + lookahead."""
     _totals, episodes = _evaluation(config, as_of, loan_ids)
-    return select(
-        episodes.c.loan_id,
-        *_state_columns(
-            as_of, episodes.c.episode, episodes.c.fell_due_cents, episodes.c.paid_cents
-        ),
+    return (
+        select(
+            episodes.c.loan_id,
+            *_state_columns(
+                as_of, episodes.c.episode, episodes.c.fell_due_cents, episodes.c.paid_cents
+            ),
+        )
+        .join(loans, loans.c.loan_id == episodes.c.loan_id)
+        .where(loans.c.status != "closed")
     )
 
 
@@ -173,15 +178,20 @@ def loan_state(
             day_state.c.paid_cents,
         )
     totals, episodes = _evaluation(config, as_of, loan_ids)
-    return select(
-        totals.c.loan_id,
-        *_state_columns(
-            as_of,
-            episodes.c.episode,
-            func.coalesce(episodes.c.fell_due_cents, ZERO),
-            totals.c.paid,
-        ),
-    ).outerjoin_from(totals, episodes, episodes.c.loan_id == totals.c.loan_id)
+    return (
+        select(
+            totals.c.loan_id,
+            *_state_columns(
+                as_of,
+                episodes.c.episode,
+                func.coalesce(episodes.c.fell_due_cents, ZERO),
+                totals.c.paid,
+            ),
+        )
+        .join(loans, loans.c.loan_id == totals.c.loan_id)
+        .outerjoin(episodes, episodes.c.loan_id == totals.c.loan_id)
+        .where(loans.c.status != "closed")
+    )
 
 
 day_state = Table(

@@ -174,7 +174,9 @@ def planning_select(config: Config, moment: RunMoment, slots: list[Slot]) -> Any
             ),
         )
         .where(state.c.episode.is_not(None), ~already)
-        .subquery("decided")
+        .cte("decided")
+        # computed once: inlined, the policy CASE would run again for `status`
+        .prefix_with("MATERIALIZED")
     )
     return select(
         decided.c.loan_id,
