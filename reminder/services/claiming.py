@@ -43,32 +43,18 @@ def claim(conn: Connection, now: datetime, limit: int, worker: str,
           channel: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Move up to `limit` due groups (of `channel`) to `sending`; returns the claimed rows.
 
-    A group is claimed through its *leader*, the planned row with the smallest id: workers
-    lock leaders with SKIP LOCKED on PostgreSQL, so two workers never split a message.
+    Due rows are read in `not_before` order straight off the index (no per-row subquery,
+    so a claim costs the same with 2,000 or 2,000,000 planned rows). On PostgreSQL each
+    group is taken under a transaction-scoped advisory lock on its key: two workers never
+    split one borrower's consolidated message, a worker skips the groups another one is
+    claiming (it reads four times `limit` rows to find others), and no row locks are
+    taken on rows that are not ours, so workers cannot deadlock. SQLite has one writer at
+    a time (BEGIN IMMEDIATE) and needs no lock.
     """
-    peer = messages.alias("peer")
-    leader_id = (
-        select(func.min(peer.c.id))
-        .where(
-            peer.c.borrower_id == messages.c.borrower_id,
-            peer.c.channel == messages.c.channel,
-            peer.c.run_date == messages.c.run_date,
-            peer.c.status == "planned",
-        )
-        .scalar_subquery()
-    )
     due = [messages.c.status == "planned", messages.c.not_before <= now]
     if channel is not None:
         due.append(messages.c.channel == channel)
-    leaders = (
-        select(*GROUP)
-        .where(*due, messages.c.id == leader_id)
-        .order_by(messages.c.not_before, messages.c.id)
-        .limit(limit)
-    )
-    if conn.dialect.name == "postgresql":
-        leaders = leaders.with_for_update(skip_locked=True)
-    keys = {tuple(row) for row in conn.execute(leaders)}
+    keys = _due_groups(conn, due, limit)
     if not keys:
         return []
     # Fetch by borrower (one IN list), keep the exact groups: cheaper than a tuple IN.
@@ -89,6 +75,25 @@ def claim(conn: Connection, now: datetime, limit: int, worker: str,
         [{"row_id": row["id"], "row_batch": row["batch_key"]} for row in rows],
     )  # fmt: skip
     return rows
+
+
+def _due_groups(conn: Connection, due: list[Any], limit: int) -> set[tuple[Any, ...]]:
+    """Up to `limit` group keys with due rows, soonest first, each ours alone."""
+    postgres = conn.dialect.name == "postgresql"
+    window = select(*GROUP).where(*due).order_by(messages.c.not_before).limit(limit * 4)
+    keys: list[tuple[Any, ...]] = []
+    for row in conn.execute(window):
+        key = tuple(row)
+        if key in keys:
+            continue
+        if postgres and not conn.execute(select(func.pg_try_advisory_xact_lock(
+                func.hashtextextended(f"reminder-claim|{key[0]}|{key[1]}|{key[2]}", 0)
+        ))).scalar():  # fmt: skip
+            continue  # another worker is claiming this borrower's message right now
+        keys.append(key)
+        if len(keys) == limit:
+            break
+    return set(keys)
 
 
 _statements: dict[tuple[int, date, datetime], Any] = {}

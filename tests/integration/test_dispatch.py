@@ -300,3 +300,33 @@ def test_a_batch_that_timed_out_is_left_to_a_person_not_resent(engine, config):
     email.errors = [TransientSendError("sendgrid timeout", "timeout")]
     dispatch_due(app, SEND_AT, retry=FAST)
     assert {r["status"] for r in rows(app, "email")} == {"unknown"} and email.requests == [3]
+
+
+def test_two_dispatchers_at_once_send_each_consolidated_message_once(engine, config):
+    sms = FakeSender()
+    app = bootstrap(config, engine=engine, senders={"sms": sms, "email": FakeSender()})
+    p = Portfolio()
+    for n in range(120):
+        borrower = p.borrower(f"B{n}", phone=f"+1212555{n:04d}")
+        p.loan(f"L{n}a", borrower, first_due=D - timedelta(days=2), count=1)
+        p.loan(f"L{n}b", borrower, first_due=D - timedelta(days=3), count=1)
+    p.save(engine)
+    run_day(app, RunOptions(run_date=D, dispatch=False))
+    failures: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            dispatch_due(app, SEND_AT, retry=FAST)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert sorted(m.to for m in sms.sent) == sorted(f"+1212555{n:04d}" for n in range(120))
+    sent = rows(app)
+    assert {r["status"] for r in sent} == {"sent"} and len(sent) == 240
+    assert len({r["provider_id"] for r in sent}) == 120
