@@ -277,3 +277,27 @@ def test_an_answer_refused_as_opted_out_records_the_opt_out(hub: Harness, engine
     hub.senders["sms"].send = refuse  # type: ignore[method-assign]
     assert hub.sms("SM" + "f" * 32, PHONE, "HELP").status_code == 200
     assert _flags(engine) == [("B1", "opt_out", "sms", True)]
+
+
+def test_concurrent_retries_of_one_message_record_and_answer_once(
+    hub: Harness, engine: Engine
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    params = {"MessageSid": "SM" + "9" * 32, "From": PHONE, "Body": "STOP"}
+    headers = twilio_headers("/webhooks/twilio/sms", params)
+
+    def post(_: int) -> int:
+        with httpx.Client(base_url=hub.base_url, timeout=30) as client:
+            response = client.post(
+                "/webhooks/twilio/sms", content=urlencode(params), headers=headers
+            )
+            return response.status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert set(pool.map(post, range(8))) == {200}
+    assert state_counts(engine)["replies"] == 1
+    assert _flags(engine) == [("B1", "opt_out", "sms", True)]
+    assert len(hub.senders["sms"].sent) == 1
