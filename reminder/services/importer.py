@@ -125,19 +125,19 @@ def import_file(
     spec = kinds(default_region).get(kind)
     if spec is None:
         raise InputError(f"unknown KIND {kind!r}: use borrowers, loans, installments or payments")
-    path = Path(path)
-    fmt = _format(path, fmt)
-    started = time.perf_counter()
+    path, started = Path(path), time.perf_counter()
+    fmt, total = _format(path, fmt), _size(path)
     report = ImportReport(kind, str(path), fmt)
     _check_schema(engine, spec)
     store = _Store(engine, spec)
-    with _open(path) as handle, _without_cyclic_gc():
-        total = path.stat().st_size
-        read = _csv_chunks if fmt == "csv" else _jsonl_chunks
-        for raw in read(handle, spec, path, chunk_rows, report.warnings):
-            _import_chunk(spec, store, raw, report)
+    with _without_cyclic_gc():
+        for chunk in _checked_chunks(path, spec, fmt, chunk_rows, report.warnings):
+            for problems in chunk.rejected:
+                report.reject(problems)
+            if chunk.rows:
+                store.write(chunk.rows, chunk.lines, chunk.masks, report)
             if on_progress:
-                on_progress(handle.buffer.tell(), total)  # type: ignore[attr-defined]
+                on_progress(chunk.position, total)
     store.analyze(report)
     if on_progress:
         on_progress(total, total)
@@ -146,17 +146,31 @@ def import_file(
     return report
 
 
-def _import_chunk(kind: Kind, store: _Store, raw: _Raw, report: ImportReport) -> None:
-    for problems in raw.rejected:
-        report.reject(problems)
-    checked = validate_chunk(kind, raw.columns, raw.lines)
-    for problems in checked.rejected:
-        report.reject(problems)
-    masks = raw.masks
-    if masks is not None and checked.kept is not None:
-        masks = [masks[index] for index in checked.kept]
-    if checked.rows:
-        store.write(checked.rows, checked.lines, masks, report)
+@dataclass(slots=True)
+class _Checked:
+    """A validated chunk, ready to write: good rows, their lines and masks, bad rows."""
+
+    rows: list[tuple[Any, ...]]
+    lines: Sequence[int]
+    masks: Masks
+    rejected: list[list[Rejection]]
+    position: int  # bytes of the file read so far
+
+
+def _checked_chunks(
+    path: Path, kind: Kind, fmt: str, chunk_rows: int, warnings: list[str]
+) -> Iterator[_Checked]:
+    """Read and validate the file a chunk at a time (the file is never read whole)."""
+    with _open(path) as handle:
+        read = _csv_chunks if fmt == "csv" else _jsonl_chunks
+        for raw in read(handle, kind, path, chunk_rows, warnings):
+            checked = validate_chunk(kind, raw.columns, raw.lines)
+            masks = raw.masks
+            if masks is not None and checked.kept is not None:
+                masks = [masks[index] for index in checked.kept]
+            rejected = raw.rejected + checked.rejected
+            position = handle.buffer.tell()  # type: ignore[attr-defined]
+            yield _Checked(checked.rows, checked.lines, masks, rejected, position)
 
 
 @contextmanager
@@ -185,6 +199,13 @@ def _format(path: Path, fmt: str | None) -> str:
     if fmt not in FORMATS:
         raise InputError(f"--format: unknown format {fmt!r} (use csv or jsonl)")
     return fmt
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the file ({exc.strerror or exc})") from exc
 
 
 def _open(path: Path) -> IO[str]:
