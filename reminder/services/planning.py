@@ -36,7 +36,7 @@ from reminder.db.tables import borrowers, loans, messages
 from reminder.db.types import UTCDateTime
 from reminder.domain.contact_window import Slot, slot_for
 from reminder.services.evaluation import cadence_table, in_range, loan_state, stage_table
-from reminder.services.policy import PolicyInputs, suppression_reason
+from reminder.services.policy import PolicyInputs, attention, suppression_reason
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,7 @@ def planning_select(config: Config, moment: RunMoment, slots: list[Slot]) -> Any
             ),
         )
     )
+    noted = attention()
     zone = func.coalesce(borrowers.c.timezone, config.run.timezone)
     cap_reached = case((func.coalesce(recent.c.used, 0) >= recent.c.cap, 1), else_=0)
     reason = suppression_reason(
@@ -136,6 +137,7 @@ def planning_select(config: Config, moment: RunMoment, slots: list[Slot]) -> Any
             holiday=slot.c.holiday,
             weekend=slot.c.weekend,
             cap_reached=cap_reached,
+            attention=noted.c.borrower_id.is_not(None),
         ),
         config,
         run_date,
@@ -173,6 +175,7 @@ def planning_select(config: Config, moment: RunMoment, slots: list[Slot]) -> Any
                 recent.c.channel == cadence.c.channel,
             ),
         )
+        .outerjoin(noted, noted.c.borrower_id == loans.c.borrower_id)
         .where(state.c.episode.is_not(None), ~already)
         .cte("decided")
         # computed once: inlined, the policy CASE would run again for `status`
