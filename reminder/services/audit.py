@@ -79,13 +79,15 @@ def row_hash(id_: int, at_iso: str, kind: str, borrower_id: str | None, loan_id:
     """SHA-256 of canonical({...content, prev_hash}), spelled out by hand for speed.
 
     `at_iso` is the UTC instant's isoformat(); `detail_text` is canonical(detail). The
-    text is exactly what `canonical` would give for the whole dict (a test holds it to that).
+    text is exactly what `canonical` would give for the whole dict (a test holds it to that):
+    `at_iso`, `kind` (one of KINDS) and `prev_hash` (hex) need no JSON escaping, and callers
+    see to it that they are that (`prepare` and `verify` check the kind).
     """
     document = (
-        f'{{"at":{quote(at_iso)},"borrower_id":{dump(borrower_id)},"detail":{detail_text},'
-        f'"id":{id_},"kind":{quote(kind)},"loan_id":{dump(loan_id)},'
+        f'{{"at":"{at_iso}","borrower_id":{dump(borrower_id)},"detail":{detail_text},'
+        f'"id":{id_},"kind":"{kind}","loan_id":{dump(loan_id)},'
         f'"message_id":{"null" if message_id is None else message_id},'
-        f'"prev_hash":{quote(prev_hash)}}}'
+        f'"prev_hash":"{prev_hash}"}}'
     )
     return hashlib.sha256(document.encode()).hexdigest()
 
@@ -257,6 +259,8 @@ def _problem(row: tuple[Any, ...], expected_id: int, prev: str) -> str | None:
         return f"unreadable value: {exc}"
     if not isinstance(message_id, int | None):
         return "message_id is not an integer"
+    if kind not in KINDS:
+        return f"unknown kind {kind!r}"
     if row_hash(id_, at, kind, borrower_id, loan_id, message_id, detail, prev) != stored:
         return "hash does not match the row's content"
     return None

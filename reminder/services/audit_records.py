@@ -45,16 +45,21 @@ def _decisions(
         "not_before FROM messages WHERE run_date = :day AND id > :after ORDER BY id LIMIT :n"
     ).bindparams(bindparam("day", type_=Date))
     day = quote(run_date.isoformat())
+    details: dict[tuple[Any, ...], str] = {}  # a run has few distinct decisions: build each once
     while True:
         batch = conn.execute(query, {"day": run_date, "after": after_id, "n": BATCH}).all()
-        for id_, loan_id, borrower_id, stage, channel, status, reason, dpd, episode, nb in batch:
-            detail = (  # canonical({...}) by hand: keys in sorted order, compact
-                f'{{"channel":{quote(channel)},"dpd":{int(dpd)},'
-                f'"episode":{quote(_day(episode))},'
-                f'"not_before":{"null" if nb is None else quote(stored_iso(nb))},'
-                f'"reason":{dump(reason)},"run_date":{day},"stage":{quote(stage)},'
-                f'"status":{quote(status)}}}'
-            )
+        for id_, loan_id, borrower_id, *decision in batch:
+            key = tuple(decision)
+            detail = details.get(key)
+            if detail is None:
+                stage, channel, status, reason, dpd, episode, nb = decision
+                detail = details[key] = (  # canonical({...}) by hand: sorted keys, compact
+                    f'{{"channel":{quote(channel)},"dpd":{int(dpd)},'
+                    f'"episode":{quote(_day(episode))},'
+                    f'"not_before":{"null" if nb is None else quote(stored_iso(nb))},'
+                    f'"reason":{dump(reason)},"run_date":{day},"stage":{quote(stage)},'
+                    f'"status":{quote(status)}}}'
+                )
             yield at, "decision", borrower_id, loan_id, id_, detail
         if len(batch) < BATCH:
             return
