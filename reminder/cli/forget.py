@@ -56,9 +56,11 @@ def forget_borrower(conn: Connection, borrower_id: str, at: datetime) -> dict[st
     ).first()
     if person is None:
         raise InputError(f"no borrower {borrower_id!r}")
-    secrets = sorted({value for value in person if value}, key=len, reverse=True)
-    counts = {"borrower": 1 if secrets else 0}
-    if secrets:
+    present = [value for value in person if value]
+    # longest first (a name inside an email); a 1-2 letter name would mangle every note
+    secrets = sorted({value for value in present if len(value) >= 3}, key=len, reverse=True)
+    counts = {"borrower": 1 if present else 0}
+    if present:
         conn.execute(
             update(borrowers)
             .where(borrowers.c.borrower_id == borrower_id)
