@@ -34,8 +34,10 @@ SHOWN_REJECTIONS = 20
 
 def import_(
     ctx: typer.Context,
-    kind: str = typer.Argument(..., help="borrowers, loans, installments or payments"),
-    file: Path = typer.Argument(..., help="CSV with a header row, or JSON Lines"),
+    kind: str = typer.Argument(
+        ..., metavar="KIND", help="borrowers, loans, installments or payments"
+    ),
+    file: Path = typer.Argument(..., metavar="FILE", help="CSV with a header row, or JSON Lines"),
     fmt: str | None = typer.Option(
         None, "--format", help="csv or jsonl (default: by extension, .jsonl/.ndjson = jsonl)"
     ),
