@@ -21,6 +21,7 @@ from reminder.db.tables import borrowers, installments, loans, messages
 from reminder.db.types import from_cents
 from reminder.ports import OutgoingMessage
 from reminder.rendering import LoanLine, Renderer
+from reminder.services.audit_records import record_messages_on_commit
 from reminder.services.evaluation import cents, loan_state
 from reminder.services.policy import PolicyInputs, suppression_reason
 from reminder.services.sending import Prepared
@@ -207,12 +208,15 @@ def claim_and_prepare(
     decided = recheck(conn, config, rows, today, now)
     claimed = Claimed(rows=len(rows))
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    cancelled: list[int] = []
     for row in rows:
         if decided[row["id"]]["reason"] is not None:
             _set(conn, [row["id"]], now, status="suppressed", reason=decided[row["id"]]["reason"])
-            claimed.cancelled += 1
+            cancelled.append(row["id"])
         else:
             groups[row["batch_key"]].append(row)
+    claimed.cancelled = len(cancelled)
+    record_messages_on_commit(conn, "decision", cancelled, now)  # the re-check's verdict
     bodies: list[dict[str, Any]] = []
     for key, group in groups.items():
         ids = [row["id"] for row in group]
@@ -223,6 +227,7 @@ def claim_and_prepare(
                  error_code="render")  # fmt: skip
             claimed.failed += len(ids)
             claimed.errors.append(f"render {key}: {exc}")
+            record_messages_on_commit(conn, "send", ids, now)
             continue
         bodies.extend({"row_id": i, "row_body": message.body, "row_subject": message.subject}
                       for i in ids)  # fmt: skip

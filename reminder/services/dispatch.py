@@ -28,12 +28,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, case, exists, select, update
+from sqlalchemy import Connection, and_, bindparam, case, select, update
 
 from reminder.bootstrap import App
-from reminder.db.tables import contact_flags, messages
+from reminder.db.tables import messages
 from reminder.errors import PermanentSendError, ReminderError, TransientSendError
 from reminder.rendering import Renderer
+from reminder.services import contact_changes as changes
+from reminder.services.audit_records import record_messages_on_commit
 from reminder.services.claiming import claim_and_prepare
 from reminder.services.reconcile import reconcile_sending
 from reminder.services.sending import (
@@ -190,7 +192,11 @@ def _deliver_one(sender: Any, limiter: RateLimiter, prepared: Prepared,
 
 def _record_all(conn: Connection, outcomes: list[Outcome], now: datetime,
                 report: DispatchReport) -> None:  # fmt: skip
-    """Record a round of outcomes in one transaction; the successes in one executemany."""
+    """Record a round of outcomes in one transaction; the successes in one executemany.
+
+    Every outcome also becomes one audit `send` row per message row (its status at commit).
+    """
+    record_messages_on_commit(conn, "send", [i for o in outcomes for i in o.prepared.ids], now)
     sent = [
         {"row_id": row_id, "row_status": o.result.status, "row_provider": o.result.provider,
          "row_provider_id": o.result.provider_id}
@@ -261,17 +267,6 @@ def _set(conn: Connection, ids: list[int], now: datetime, **values: Any) -> None
 
 
 def _opt_out(conn: Connection, borrower_id: str, channel: str, now: datetime, code: str) -> None:
-    """Record the provider's word that the borrower unsubscribed (once)."""
-    active = exists().where(
-        and_(contact_flags.c.borrower_id == borrower_id, contact_flags.c.kind == "opt_out",
-             contact_flags.c.channel == channel, contact_flags.c.lifted_at.is_(None))
-    )  # fmt: skip
-    if conn.execute(select(active)).scalar():
-        return
-    conn.execute(
-        contact_flags.insert().values(
-            borrower_id=borrower_id, kind="opt_out", channel=channel,
-            source=f"provider:{code}"[:40], created_at=now,
-            note="the provider reports the recipient unsubscribed",
-        )
-    )  # fmt: skip
+    """Record the provider's word that the borrower unsubscribed (once; audited)."""
+    changes.add_flag(conn, borrower_id, "opt_out", channel=channel, source=f"provider:{code}",
+                     now=now, note="the provider reports the recipient unsubscribed")

@@ -25,6 +25,7 @@ from reminder.bootstrap import App
 from reminder.db.tables import borrowers, messages
 from reminder.errors import ReminderError, SendError
 from reminder.ports import OutgoingMessage, SendResult
+from reminder.services.audit_records import record_messages_on_commit
 
 log = logging.getLogger(__name__)
 STALE_AFTER = timedelta(minutes=10)  # well past the in-pass retry budget
@@ -122,6 +123,7 @@ def reconcile_sending(app: App, now: datetime) -> Reconciled:
                 continue
         ids = [row["id"] for row in group]
         with app.engine.begin() as conn:
+            record_messages_on_commit(conn, "send", ids, now, source="reconcile")
             if found is not None:
                 _set(conn, ids, now, status="sent", provider=found.provider,
                      provider_id=found.provider_id, sent_at=claimed_at,
