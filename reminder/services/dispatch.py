@@ -11,9 +11,13 @@ opt-out flag on Twilio 21610 / SendGrid unsubscribes); back to `planned` after t
 budget, with the attempt count, the error and `not_before` pushed back.
 Each pass starts by reconciling rows a crashed dispatcher left in `sending` (`reconcile`).
 
-The guarantee: a message is handed to a provider at most once per claim, and a claim
-that may have reached the provider is never re-sent without the provider saying it did
-not (lookup), nor at all when it cannot say: the row ends `unknown` for a person.
+The guarantee. After a crash, a row left in `sending` is never sent again: it becomes
+`sent` when the provider lists it (Twilio, the outbox), else `unknown`, with a note, for a
+person. Within a pass, an attempt whose fate is unclear (a timeout or a dropped
+connection after the request left) is retried only once the provider has said it does
+not have it (the Twilio adapters look it up first); a SendGrid batch in that state is not
+retried but left `unknown`. The one remaining gap: SMTP cannot be asked, so an SMTP
+submission timing out after the server took it may be submitted again.
 """
 
 from __future__ import annotations
