@@ -375,3 +375,13 @@ def test_json_records_carrying_different_fields_merge_in_file_order(
         False,
     )
     assert (ann["phone"], bob["consent_voice"], bob["consent_sms"]) == ("+12125550100", False, True)
+
+
+def test_rejections_beyond_the_cap_are_counted_not_kept(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("reminder.services.importer.MAX_REJECTIONS", 2)
+    report = load(engine, tmp_path, "borrowers", "borrower_id,name\n" + "B1,\n" * 5)
+    document = report.as_json()
+    assert len(document["rejected"]) == 2 and document["rejected_total"] == 5
+    assert report.rejected_rows == 5
