@@ -111,13 +111,23 @@ def planning_select(config: Config, moment: RunMoment, slots: list[Slot]) -> Any
     state = loan_state(config, run_date).cte("loan_state")
     ranges, cadence, slot = stage_table(config), cadence_table(config), _slot_table(slots)
     recent = _recent_contacts(config, run_date)
+    # the open loans in a reminder stage, first: the query is driven from these few rows
+    # (PostgreSQL cannot estimate a join with VALUES and would start from all borrowers)
+    staged = (
+        select(state.c.loan_id, state.c.episode, state.c.dpd, ranges.c.stage)
+        .select_from(state)
+        .join(ranges, and_(in_range(state.c.dpd, ranges), ranges.c.handoff == 0))
+        .where(state.c.episode.is_not(None))
+        .cte("staged")
+        .prefix_with("MATERIALIZED")
+    )
     earlier = messages.alias("earlier")
     already = exists(
         select(earlier.c.id).where(
-            earlier.c.loan_id == state.c.loan_id,
-            earlier.c.stage == ranges.c.stage,
+            earlier.c.loan_id == staged.c.loan_id,
+            earlier.c.stage == staged.c.stage,
             earlier.c.channel == cadence.c.channel,
-            earlier.c.episode == state.c.episode,
+            earlier.c.episode == staged.c.episode,
             earlier.c.status != "suppressed",
             or_(
                 cadence.c.every_days == 0,
@@ -130,14 +140,14 @@ def planning_select(config: Config, moment: RunMoment, slots: list[Slot]) -> Any
     cap_reached = case((func.coalesce(recent.c.used, 0) >= recent.c.cap, 1), else_=0)
     reason = suppression_reason(
         PolicyInputs(
-            loan_id=state.c.loan_id,
+            loan_id=staged.c.loan_id,
             loan_status=loans.c.status,
             borrower_id=loans.c.borrower_id,
             channel=cadence.c.channel,
             holiday=slot.c.holiday,
             weekend=slot.c.weekend,
             cap_reached=cap_reached,
-            attention=noted.c.borrower_id.is_not(None),
+            attention=loans.c.borrower_id.in_(select(noted.c.borrower_id)),
         ),
         config,
         run_date,
@@ -146,24 +156,23 @@ def planning_select(config: Config, moment: RunMoment, slots: list[Slot]) -> Any
     now = literal(run_at, UTCDateTime)
     decided = (
         select(
-            state.c.loan_id,
+            staged.c.loan_id,
             loans.c.borrower_id,
-            ranges.c.stage,
+            staged.c.stage,
             cadence.c.channel,
-            state.c.episode,
-            state.c.dpd,
+            staged.c.episode,
+            staged.c.dpd,
             reason.label("reason"),
             slot.c.not_before,
             func.coalesce(borrowers.c.locale, config.run.default_locale).label("locale"),
         )
-        .select_from(state)
-        .join(ranges, and_(in_range(state.c.dpd, ranges), ranges.c.handoff == 0))
-        .join(loans, loans.c.loan_id == state.c.loan_id)
+        .select_from(staged)
+        .join(loans, loans.c.loan_id == staged.c.loan_id)
         .join(borrowers, borrowers.c.borrower_id == loans.c.borrower_id)
         .join(
             cadence,
             and_(
-                cadence.c.stage == ranges.c.stage,
+                cadence.c.stage == staged.c.stage,
                 cadence.c.grade == func.coalesce(borrowers.c.risk_grade, ""),
             ),
         )
@@ -175,8 +184,7 @@ def planning_select(config: Config, moment: RunMoment, slots: list[Slot]) -> Any
                 recent.c.channel == cadence.c.channel,
             ),
         )
-        .outerjoin(noted, noted.c.borrower_id == loans.c.borrower_id)
-        .where(state.c.episode.is_not(None), ~already)
+        .where(~already)
         .cte("decided")
         # computed once: inlined, the policy CASE would run again for `status`
         .prefix_with("MATERIALIZED")
@@ -216,4 +224,13 @@ def plan(conn: Connection, config: Config, moment: RunMoment) -> int:
         .from_select(columns, query)
         .on_conflict_do_nothing(index_elements=["loan_id", "stage", "channel", "run_date"])
     )
-    return conn.execute(statement).rowcount or 0
+    if conn.dialect.name != "postgresql":
+        return conn.execute(statement).rowcount or 0
+    # PostgreSQL misjudges joins with the VALUES tables (cadence by grade) and would start
+    # from every borrower; joined in the written order, it starts from the staged loans.
+    limit = conn.exec_driver_sql("SHOW join_collapse_limit").scalar()
+    conn.exec_driver_sql("SET LOCAL join_collapse_limit = 1")
+    try:
+        return conn.execute(statement).rowcount or 0
+    finally:
+        conn.exec_driver_sql(f"SET LOCAL join_collapse_limit = {int(limit)}")
