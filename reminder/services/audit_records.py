@@ -38,32 +38,31 @@ def _day(raw: str | date) -> str:
 def _decisions(
     conn: Connection, run_date: date, after_id: int, at: datetime
 ) -> Iterator[Prepared]:
-    """The run's message rows as `decision` events, read in id-ordered batches (raw SQL:
-    type processing of 150k rows would cost more than hashing them)."""
+    """The run's message rows as `decision` events, streamed in id order (one server-side
+    cursor: the rows were just inserted, so PostgreSQL has no statistics to plan repeated
+    keyset queries well; raw SQL: type processing would cost more than the hashing)."""
     query = text(
         "SELECT id, loan_id, borrower_id, stage, channel, status, reason, dpd, episode, "
-        "not_before FROM messages WHERE run_date = :day AND id > :after ORDER BY id LIMIT :n"
+        "not_before FROM messages WHERE run_date = :day AND id > :after ORDER BY id"
     ).bindparams(bindparam("day", type_=Date))
     day = quote(run_date.isoformat())
     details: dict[tuple[Any, ...], str] = {}  # a run has few distinct decisions: build each once
-    while True:
-        batch = conn.execute(query, {"day": run_date, "after": after_id, "n": BATCH}).all()
-        for id_, loan_id, borrower_id, *decision in batch:
-            key = tuple(decision)
-            detail = details.get(key)
-            if detail is None:
-                stage, channel, status, reason, dpd, episode, nb = decision
-                detail = details[key] = (  # canonical({...}) by hand: sorted keys, compact
-                    f'{{"channel":{quote(channel)},"dpd":{int(dpd)},'
-                    f'"episode":{quote(_day(episode))},'
-                    f'"not_before":{"null" if nb is None else quote(stored_iso(nb))},'
-                    f'"reason":{dump(reason)},"run_date":{day},"stage":{quote(stage)},'
-                    f'"status":{quote(status)}}}'
-                )
-            yield at, "decision", borrower_id, loan_id, id_, detail
-        if len(batch) < BATCH:
-            return
-        after_id = batch[-1][0]
+    streamed = conn.execution_options(stream_results=True, yield_per=BATCH)
+    for id_, loan_id, borrower_id, *decision in streamed.execute(
+        query, {"day": run_date, "after": after_id}
+    ):
+        key = tuple(decision)
+        detail = details.get(key)
+        if detail is None:
+            stage, channel, status, reason, dpd, episode, nb = decision
+            detail = details[key] = (  # canonical({...}) by hand: sorted keys, compact
+                f'{{"channel":{quote(channel)},"dpd":{int(dpd)},'
+                f'"episode":{quote(_day(episode))},'
+                f'"not_before":{"null" if nb is None else quote(stored_iso(nb))},'
+                f'"reason":{dump(reason)},"run_date":{day},"stage":{quote(stage)},'
+                f'"status":{quote(status)}}}'
+            )
+        yield at, "decision", borrower_id, loan_id, id_, detail
 
 
 def record_decisions(conn: Connection, run_date: date, after_id: int, at: datetime) -> int:
