@@ -150,13 +150,18 @@ Prepared = tuple[datetime, str, str | None, str | None, int | None, str]
 
 
 def prepare(event: Mapping[str, Any]) -> Prepared:
+    """Check an event (kind, id types, no personal data) where it is made, not at commit."""
     kind = event["kind"]
     if kind not in KINDS:
         raise ValueError(f"unknown audit kind {kind!r}")
+    borrower_id, loan_id = event.get("borrower_id"), event.get("loan_id")
+    if not isinstance(borrower_id, str | None) or not isinstance(loan_id, str | None):
+        raise TypeError("borrower_id and loan_id are strings (or None)")
     message_id = event.get("message_id")
     message_id = None if message_id is None else int(message_id)
+    _instant_forms(event["at"])  # aware, or ValueError now
     detail = _check_detail(event.get("detail"))
-    return event["at"], kind, event.get("borrower_id"), event.get("loan_id"), message_id, detail
+    return event["at"], kind, borrower_id, loan_id, message_id, detail
 
 
 def append_prepared(conn: Connection, events: Iterable[Prepared]) -> int:
