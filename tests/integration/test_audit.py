@@ -352,6 +352,7 @@ def test_cli_verify_export_and_forget_exit_codes(workdir: Path, portfolio: Engin
     assert _cli(workdir, "run", "--date", D.isoformat(), "--json")[0] == 0
     code, out = _cli(workdir, "audit", "verify", "--json")
     assert code == 0 and json.loads(out)["ok"] is True
+    assert json.loads(out)["head_hash"] == _rows(portfolio)[-1].hash
     code, out = _cli(workdir, "audit", "export", "--loan", "L3", "--json")
     assert code == 0 and "placement" in [e["kind"] for e in json.loads(out)["events"]]
     assert _cli(workdir, "audit", "export", "--loan", "L1")[0] == 0
