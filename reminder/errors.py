@@ -6,7 +6,8 @@
     ├── SendError              a provider refused or failed a send
     │   ├── TransientSendError     timeouts, 429, 5xx: retried with backoff
     │   └── PermanentSendError     invalid number, unsubscribed: never retried
-    └── TransportError         an agency transport failed (folder, SFTP, HTTPS)
+    ├── TransportError         an agency transport failed (folder, SFTP, HTTPS)
+    └── RunInProgress          another live process holds the lease on a day's run   -> exit 1
 
 Errors raised by libraries (SQLAlchemy, twilio, sendgrid, paramiko) are translated into
 these at the boundary that calls them (`raise X(...) from exc`).
@@ -62,3 +63,12 @@ class PermanentSendError(SendError):
 
 class TransportError(ReminderError):
     """An agency transport could not deliver a file."""
+
+
+class RunInProgress(ReminderError):
+    """Another live process holds the lease on this day's run."""
+
+    def __init__(self, run_date: object, owner: str | None) -> None:
+        self.run_date = run_date
+        self.owner = owner
+        super().__init__(f"the run of {run_date} is in progress in another process ({owner})")

@@ -20,6 +20,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from reminder.bootstrap import App
+from reminder.errors import RunInProgress
 from reminder.services.daily_run import RunOptions, run_day
 from reminder.services.dispatch import dispatch_due
 
@@ -58,9 +59,11 @@ def _missed_today(app: App) -> bool:
 
 def _daily(app: App) -> None:
     try:
-        summary = run_day(app, RunOptions())
+        summary = run_day(app, RunOptions(skip_if_done=True))
         log.info("daily run %s: planned %s sent %s", summary["date"], summary["planned"],
                  summary["sent"])
+    except RunInProgress:
+        log.info("today's run is being done by another process; skipped here")
     except Exception:  # the scheduler must survive one bad day; the run ledger shows it
         log.exception("daily run failed")
 

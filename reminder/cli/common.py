@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from reminder.bootstrap import App, bootstrap
-from reminder.errors import ConfigError, InputError
+from reminder.errors import ConfigError, InputError, RunInProgress
 
 err_console = Console(stderr=True)
 out_console = Console()
@@ -67,6 +67,9 @@ def user_errors() -> Iterator[None]:
     except ConfigError as exc:
         err_console.print(f"[red]config error[/red] {exc}", highlight=False)
         raise typer.Exit(2) from exc
+    except RunInProgress as exc:
+        err_console.print(f"[yellow]busy[/yellow] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
     except InputError as exc:
         err_console.print(f"[red]error[/red] {exc}", highlight=False)
         raise typer.Exit(2) from exc

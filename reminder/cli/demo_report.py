@@ -35,7 +35,9 @@ def _totals(app: App) -> dict[str, Any]:
     }
 
 
-def report(app: App, counts: dict[str, int], summaries: list[dict[str, Any]], as_json: bool) -> None:
+def report(
+    app: App, counts: dict[str, int], summaries: list[dict[str, Any]], as_json: bool
+) -> None:
     totals = _totals(app)
     last = summaries[-1] if summaries else {"stages": {}}
     if as_json:

@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from reminder.bootstrap import App
 from reminder.db.sqlfn import as_date
 from reminder.db.tables import cases, messages, promises, runs
+from reminder.errors import RunInProgress
 from reminder.services import audit_records as audit
 from reminder.services.dispatch import dispatch_due, worker_name
 from reminder.services.evaluation import evaluated_day, in_range, loan_state, stage_table
@@ -28,11 +29,15 @@ SENT_STATUSES = ("sent", "delivered")
 FAILED_STATUSES = ("failed", "undeliverable", "unknown")
 
 
+LEASE = timedelta(hours=1)
+
+
 @dataclass(frozen=True)
 class RunOptions:
     run_date: date | None = None  # None: today's run, happening now
     dry_run: bool = False
     dispatch: bool = True
+    skip_if_done: bool = False  # the scheduler: a day already done is not run again
 
 
 def moment_for(app: App, run_date: date | None) -> RunMoment:
@@ -129,25 +134,54 @@ def day_summary(
     }
 
 
-def _start_ledger(conn: Connection, moment: RunMoment) -> None:
+def _claim_ledger(conn: Connection, moment: RunMoment, now: datetime) -> str:
+    """Take the day's run lease: 'mine', 'done' (finished before) or 'busy' (live elsewhere).
+
+    The ledger row is the lock: a fresh day is inserted, a day whose lease expired (a run
+    that died half-way) is taken over and resumed, a live lease is left alone. Works the
+    same on SQLite and PostgreSQL, with any number of `serve` processes.
+    """
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    conn.execute(
+    me, until = worker_name(), now + LEASE
+    inserted = conn.execute(
         dialect.insert(runs)
-        .values(
-            run_date=moment.run_date,
-            status="running",
-            started_at=moment.run_at,
-            owner=worker_name(),
-        )
+        .values(run_date=moment.run_date, status="running", started_at=now, owner=me,
+                lease_until=until)
         .on_conflict_do_nothing(index_elements=["run_date"])
+    ).rowcount
+    if inserted:
+        return "mine"
+    row = conn.execute(
+        select(runs.c.status, runs.c.owner, runs.c.lease_until)
+        .where(runs.c.run_date == moment.run_date)
+        .with_for_update()
+    ).one()
+    if row.status == "done":
+        return "done"
+    if row.status == "running" and row.lease_until is not None and row.lease_until > now \
+            and row.owner != me:
+        return "busy"
+    conn.execute(
+        update(runs).where(runs.c.run_date == moment.run_date)
+        .values(status="running", owner=me, lease_until=until)
+    )
+    return "mine"
+
+
+def _rerun_ledger(conn: Connection, moment: RunMoment, now: datetime) -> None:
+    conn.execute(
+        update(runs).where(runs.c.run_date == moment.run_date)
+        .values(status="running", owner=worker_name(), lease_until=now + LEASE)
     )
 
 
-def _finish_ledger(conn: Connection, moment: RunMoment, summary: dict[str, Any]) -> None:
+def _finish_ledger(
+    conn: Connection, moment: RunMoment, summary: dict[str, Any], now: datetime
+) -> None:
     conn.execute(
         update(runs)
         .where(runs.c.run_date == moment.run_date)
-        .values(status="done", finished_at=moment.run_at, summary=summary)
+        .values(status="done", finished_at=now, summary=summary, lease_until=None)
     )
 
 
@@ -162,14 +196,23 @@ def run_day(app: App, options: RunOptions) -> dict[str, Any]:
                 return day_summary(conn, app, moment.run_date, stages) | {"dry_run": True}
             finally:
                 transaction.rollback()
+    now = app.clock.now()
     with app.engine.begin() as conn:
-        _start_ledger(conn, moment)
+        claimed = _claim_ledger(conn, moment, now)
+        if claimed == "busy":
+            owner = conn.execute(
+                select(runs.c.owner).where(runs.c.run_date == moment.run_date)).scalar()
+            raise RunInProgress(moment.run_date, owner)
+        if claimed == "done":
+            if options.skip_if_done:
+                return day_summary(conn, app, moment.run_date) | {"skipped": "already done"}
+            _rerun_ledger(conn, moment, now)
         stages = _plan_day(conn, app, moment)
     if options.dispatch:
         dispatch_due(app, moment.run_at if options.run_date else None)
     with app.engine.begin() as conn:
         summary = day_summary(conn, app, moment.run_date, stages)
-        _finish_ledger(conn, moment, summary)
+        _finish_ledger(conn, moment, summary, app.clock.now())
     return summary
 
 

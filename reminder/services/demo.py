@@ -22,7 +22,8 @@ from reminder.services.daily_run import RunOptions, run_day
 from reminder.services.dispatch import dispatch_due
 
 ZONES = [
-    ("America/New_York", "en", 40), ("America/Chicago", "en", 15), ("America/Los_Angeles", "en", 15),
+    ("America/New_York", "en", 40), ("America/Chicago", "en", 15),
+    ("America/Los_Angeles", "en", 15),
     ("America/Mexico_City", "es", 10), ("Europe/Madrid", "es", 5), ("Asia/Shanghai", "zh-CN", 8),
     ("Pacific/Auckland", "en", 4), ("Pacific/Honolulu", "en", 3),
 ]
@@ -87,7 +88,8 @@ def _payments(rng: random.Random, loan_id: str, seq: int, due: date, amount: Dec
     elif behaviour == "late":
         when, value = due + timedelta(days=rng.randint(3, 20)), amount
     elif behaviour == "partial":
-        when, value = due + timedelta(days=rng.randint(0, 10)), (amount / 2).quantize(Decimal("0.01"))
+        half = (amount / 2).quantize(Decimal("0.01"))
+        when, value = due + timedelta(days=rng.randint(0, 10)), half
     else:
         when, value = due, amount
     return [{"payment_id": f"P-{loan_id}-{seq}", "loan_id": loan_id, "paid_on": when,
