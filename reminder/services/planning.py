@@ -29,6 +29,7 @@ from sqlalchemy import (
     values,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.expression import ColumnElement
 
 from reminder.config import Config
 from reminder.db.sqlfn import as_date, date_minus_days
@@ -71,38 +72,31 @@ def _slot_table(slots: list[Slot]) -> Any:
     return table.cte("slots")
 
 
-def _cap_table(config: Config, run_date: date) -> Any:
-    rows = [
-        (channel, count, run_date - timedelta(days=days - 1))
-        for channel, (count, days) in config.policy.caps.items()
-    ] or [("-", 0, run_date)]
-    return values(
-        column("channel", String),
-        column("cap", Integer),
-        column("since", messages.c.run_date.type),
-        name="caps",
-    ).data(rows).cte("caps")
+def _cap_reached(
+    config: Config, run_date: date, borrower_id: Any, channel: Any
+) -> ColumnElement[Any]:
+    """1 when the borrower's contacts (distinct days) on `channel` fill its rolling cap.
 
-
-def _recent_contacts(config: Config, run_date: date) -> Any:
-    """Contacts (distinct days) per borrower and channel inside each channel's cap window."""
-    caps = _cap_table(config, run_date)
-    return (
-        select(
-            messages.c.borrower_id,
-            messages.c.channel,
-            func.count(distinct(messages.c.run_date)).label("used"),
-            func.max(caps.c.cap).label("cap"),
+    One index range scan of (borrower_id, channel, run_date) per contact judged: the cost
+    does not grow with the history kept, and needs no row estimate from the planner.
+    """
+    day = as_date(literal(run_date))
+    whens = []
+    for name, (count, days) in config.policy.caps.items():
+        used = (
+            select(func.count(distinct(messages.c.run_date)))
+            .where(
+                messages.c.borrower_id == borrower_id,
+                messages.c.channel == name,
+                messages.c.status != "suppressed",
+                messages.c.run_date >= as_date(literal(run_date - timedelta(days=days - 1))),
+                messages.c.run_date < day,
+            )
+            .scalar_subquery()
         )
-        .join(caps, caps.c.channel == messages.c.channel)
-        .where(
-            messages.c.status != "suppressed",
-            messages.c.run_date >= caps.c.since,
-            messages.c.run_date < as_date(literal(run_date)),
-        )
-        .group_by(messages.c.borrower_id, messages.c.channel)
-        .cte("recent")
-    )
+        # a borrower with no contact in the window is never capped, even by a cap of 0
+        whens.append((and_(channel == name, used >= max(count, 1)), 1))
+    return case(*whens, else_=0) if whens else literal(0)
 
 
 def planning_select(config: Config, moment: RunMoment, slots: list[Slot]) -> Any:
@@ -110,16 +104,13 @@ def planning_select(config: Config, moment: RunMoment, slots: list[Slot]) -> Any
     run_date, run_at = moment.run_date, moment.run_at
     state = loan_state(config, run_date).cte("loan_state")
     ranges, cadence, slot = stage_table(config), cadence_table(config), _slot_table(slots)
-    recent = _recent_contacts(config, run_date)
-    # the open loans in a reminder stage, first: the query is driven from these few rows
-    # (PostgreSQL cannot estimate a join with VALUES and would start from all borrowers)
+    # the open loans in a reminder stage: the query is driven from these rows (see `plan`)
     staged = (
         select(state.c.loan_id, state.c.episode, state.c.dpd, ranges.c.stage)
         .select_from(state)
         .join(ranges, and_(in_range(state.c.dpd, ranges), ranges.c.handoff == 0))
         .where(state.c.episode.is_not(None))
         .cte("staged")
-        .prefix_with("MATERIALIZED")
     )
     earlier = messages.alias("earlier")
     already = exists(
@@ -137,7 +128,7 @@ def planning_select(config: Config, moment: RunMoment, slots: list[Slot]) -> Any
     )
     noted = attention()
     zone = func.coalesce(borrowers.c.timezone, config.run.timezone)
-    cap_reached = case((func.coalesce(recent.c.used, 0) >= recent.c.cap, 1), else_=0)
+    cap_reached = _cap_reached(config, run_date, loans.c.borrower_id, cadence.c.channel)
     reason = suppression_reason(
         PolicyInputs(
             loan_id=staged.c.loan_id,
@@ -177,13 +168,6 @@ def planning_select(config: Config, moment: RunMoment, slots: list[Slot]) -> Any
             ),
         )
         .join(slot, slot.c.timezone == zone)
-        .outerjoin(
-            recent,
-            and_(
-                recent.c.borrower_id == loans.c.borrower_id,
-                recent.c.channel == cadence.c.channel,
-            ),
-        )
         .where(~already)
         .cte("decided")
         # computed once: inlined, the policy CASE would run again for `status`
