@@ -19,6 +19,7 @@ class OutboxSender:
     """Implements SmsSender, EmailSender and VoiceCaller by writing files."""
 
     provider = "outbox"
+    rate_limited = False  # nothing leaves the machine: `rate_per_second` does not apply
 
     def __init__(self, root: Path, channel: str) -> None:
         self.root = root

@@ -43,6 +43,7 @@ from reminder.services.audit_records import record_messages_on_commit
 from reminder.services.claiming import claim_and_prepare
 from reminder.services.reconcile import reconcile_sending
 from reminder.services.sending import (
+    NoLimit,
     Outcome,
     Prepared,
     RateLimiter,
@@ -109,12 +110,21 @@ class _Lane:
 def _lane(app: App, channel: str, limiter: RateLimiter | None) -> _Lane:
     settings = app.config.channel(channel)
     size = int((settings.model_extra or {}).get("concurrency", DEFAULT_CONCURRENCY))
+    if limiter is None and not _rate_limited(app, channel):
+        limiter = NoLimit()  # a local outbox protects no provider's limit
     bucket = limiter or shared_bucket(channel, settings.rate_per_second)
     pool = ThreadPoolExecutor(size, f"send-{channel}")
     if settings.rate_per_second >= size:  # the pool is the limit: keep one round queued
         return _Lane(channel, pool, bucket, target=2 * size, refill_at=size)
     second = max(1, math.ceil(settings.rate_per_second))  # the rate is: about a second's work
     return _Lane(channel, pool, bucket, target=second, refill_at=second // 2)
+
+
+def _rate_limited(app: App, channel: str) -> bool:
+    try:
+        return bool(getattr(app.sender(channel), "rate_limited", True))
+    except ReminderError:
+        return True  # `_refill` reports the unbuildable channel and claims nothing
 
 
 def dispatch_due(
@@ -140,11 +150,14 @@ def dispatch_due(
     lanes = [_lane(app, c, (limiters or {}).get(c)) for c in CHANNELS]
     try:
         while True:
+            claimed_any = False
             for lane in lanes:
                 if not lane.exhausted and lane.pending <= lane.refill_at:
-                    _refill(app, renderer, lane, now, worker, retry, report)
+                    claimed_any |= _refill(app, renderer, lane, now, worker, retry, report)
             running = {future for lane in lanes for future in lane.inflight}
             if not running:
+                if claimed_any:  # a claim may be all cancellations: claim again
+                    continue
                 return report
             wait(running, return_when=FIRST_COMPLETED)
             time.sleep(RECORD_EVERY)  # let a few more finish: one commit records them all
@@ -161,20 +174,21 @@ def dispatch_due(
 
 
 def _refill(app: App, renderer: Renderer, lane: _Lane, now: datetime, worker: str,
-            retry: RetryPolicy, report: DispatchReport) -> None:  # fmt: skip
+            retry: RetryPolicy, report: DispatchReport) -> bool:  # fmt: skip
+    """Claim and submit more of `lane`'s due sends; False when there was nothing to claim."""
     try:
         sender = app.sender(lane.channel)  # before claiming: a bad config claims nothing
     except ReminderError as exc:
         lane.exhausted = True
         report.errors.append(f"{lane.channel}: {exc}")
         log.error("not sending %s: %s", lane.channel, exc)
-        return
+        return False
     limit = lane.target - lane.pending
     with app.engine.begin() as conn:
         claimed = claim_and_prepare(conn, app.config, renderer, now, limit, worker, lane.channel)
     if claimed is None:
         lane.exhausted = True
-        return
+        return False
     report.cancelled += claimed.cancelled
     report.failed += claimed.failed
     report.errors.extend(claimed.errors)
@@ -184,9 +198,10 @@ def _refill(app: App, renderer: Renderer, lane: _Lane, now: datetime, worker: st
             batch = claimed.prepared[start : start + size]
             future = lane.pool.submit(deliver_batch, sender, lane.limiter, batch, retry)
             lane.inflight[future] = len(batch)
-        return
+        return True
     for prepared in claimed.prepared:
         lane.inflight[lane.pool.submit(_deliver_one, sender, lane.limiter, prepared, retry)] = 1
+    return True
 
 
 def _deliver_one(sender: Any, limiter: RateLimiter, prepared: Prepared,

@@ -31,6 +31,13 @@ class RateLimiter(Protocol):
     def acquire(self) -> None: ...
 
 
+class NoLimit:
+    """For adapters that reach no provider (the local outbox): nothing to protect."""
+
+    def acquire(self) -> None:
+        return None
+
+
 class TokenBucket:
     """An in-process token bucket of `rate` tokens a second, holding at most one token.
 

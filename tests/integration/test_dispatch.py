@@ -330,3 +330,26 @@ def test_two_dispatchers_at_once_send_each_consolidated_message_once(engine, con
     sent = rows(app)
     assert {r["status"] for r in sent} == {"sent"} and len(sent) == 240
     assert len({r["provider_id"] for r in sent}) == 120
+
+
+def test_a_claim_that_is_all_cancellations_does_not_end_the_pass(
+    engine: Engine, config: Config
+) -> None:
+    """Regression: a rate-1 lane whose claim held only cancelled rows ended the pass early."""
+    p = Portfolio()
+    for n in range(5):  # grade E in mid: sms, email and voice (voice: one claim at a time)
+        p.loan(f"L{n}", p.borrower(f"B{n}", risk_grade="E"), first_due=date(2026, 11, 20),
+               count=1)
+    p.save(engine)
+    app = bootstrap(config, engine=engine, clock=FixedClock(datetime(2026, 12, 2, 12, tzinfo=UTC)))
+    run_day(app, RunOptions(run_date=date(2026, 12, 2), dispatch=False))
+    with engine.begin() as conn:  # four of the five pay before the window opens
+        conn.execute(insert(payments), [
+            {"payment_id": f"P{n}", "loan_id": f"L{n}", "paid_on": date(2026, 12, 2),
+             "amount": Decimal("100.00"), "source": "ledger"} for n in range(4)])
+    dispatch_due(app, datetime(2026, 12, 3, 1, tzinfo=UTC))
+    with engine.connect() as conn:
+        statuses = dict(conn.execute(select(messages.c.loan_id, messages.c.status).where(
+            messages.c.channel == "voice")).all())
+    assert statuses == {"L0": "suppressed", "L1": "suppressed", "L2": "suppressed",
+                        "L3": "suppressed", "L4": "sent"}
