@@ -13,6 +13,7 @@ from reminder.cli.common import command, emit_json, err_console, out_console, pa
 from reminder.db.migrate import upgrade_to_head
 from reminder.db.tables import messages
 from reminder.errors import InputError
+from reminder.rendering import check_templates
 
 JSON = typer.Option(False, "--json", help="Print one JSON document on stdout.")
 DATE = typer.Option(None, "--date", help="Run date YYYY-MM-DD (default: today, lender's tz).")
@@ -36,6 +37,7 @@ def run(
 
     app = state(ctx).app()
     upgrade_to_head(app.engine)
+    check_templates(app.config)
     if not dry_run:
         app.check_channels()
     summary = run_day(app, RunOptions(run_date=parse_date(date_), dry_run=dry_run))
@@ -187,6 +189,7 @@ def serve(
 
     app = state(ctx).app()
     upgrade_to_head(app.engine)
+    check_templates(app.config)
     app.check_channels()
     run_service(app, dispatch=not no_dispatch, web=not no_web)
 

@@ -139,3 +139,13 @@ def test_the_demo_replays_days_on_an_empty_embedded_database(tmp_path: Path) -> 
     assert sum(day["sent"] for day in report["days"]) > 0
     assert (tmp_path / "reminder.db").exists()
     assert any((tmp_path / "outbox").rglob("*.txt"))
+
+
+def test_a_template_naming_an_unknown_variable_stops_the_run_before_anything_is_sent(
+    workdir: Path
+) -> None:
+    broken = workdir / "templates" / "sms" / "en"
+    broken.mkdir(parents=True)
+    (broken / "early.txt").write_text("Hi {{ borrower.nickname }}, reply STOP to opt out\n")
+    code, _ = cli(workdir, "run", "--date", D.isoformat(), "--json")
+    assert code == 2
