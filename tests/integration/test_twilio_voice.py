@@ -3,14 +3,13 @@ our fake Twilio and a Prism mock of Twilio's spec."""
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from integrations.twilio_voice import TwilioVoiceCaller, say_language
+from integrations.twilio_voice import TwilioVoiceCaller
 from reminder.config import ChannelConfig, Config
 from reminder.errors import PermanentSendError, TransientSendError
 from reminder.ports import OutgoingMessage
@@ -43,27 +42,17 @@ def caller(config: Config, fake: FakeTwilio, monkeypatch: pytest.MonkeyPatch) ->
     return TwilioVoiceCaller(voice_config(config, fake.base_url))
 
 
-def test_the_call_says_the_message_in_the_borrowers_language_and_gathers_one_digit(
+def test_the_call_asks_our_webhook_what_to_say_once_it_knows_who_answered(
     caller: TwilioVoiceCaller, fake: FakeTwilio, config: Config
 ):
     result = caller.send(call())
     [accepted] = fake.accepted
     assert (accepted.kind, accepted.sid, accepted.to) == ("call", result.provider_id, TO)
-    root = ET.fromstring(accepted.body)
-    gather = root.find("Gather")
-    assert gather is not None and gather.get("numDigits") == "1"
-    action = urlsplit(gather.get("action", ""))
-    assert action.geturl().startswith(config.server.public_url + "/webhooks/twilio/voice")
-    assert parse_qs(action.query) == {"ref": ["20261204-voice-5"]}
-    says = gather.findall("Say")
-    assert says[0].text == "Hola, le llama Example Lending Co."
-    assert {s.get("language") for s in root.iter("Say")} == {"es-US"}
+    url = urlsplit(accepted.body)  # the fake records a call's Url (or Twiml) as its body
+    assert url.geturl().startswith(config.server.public_url + "/webhooks/twilio/voice")
+    assert parse_qs(url.query) == {"ref": ["20261204-voice-5"]}
+    assert "Hola" not in accepted.body  # the words come from the webhook, after AMD
     assert "ref=20261204-voice-5" in accepted.status_callback
-
-
-def test_languages_map_to_what_twilio_speaks():
-    assert [say_language(x) for x in ("en", "es-MX", "zh-CN", "fr")] == [
-        "en-US", "es-US", "cmn-CN", "en-US"]
 
 
 def test_call_errors_are_translated(caller: TwilioVoiceCaller, fake: FakeTwilio):
