@@ -184,7 +184,7 @@ def serve(
     no_dispatch: bool = typer.Option(False, "--no-dispatch", help="Only the scheduler."),
     no_web: bool = typer.Option(False, "--no-web", help="No webhook server."),
 ) -> None:
-    """The scheduler (daily run at [run] time), the dispatcher and the webhook server."""
+    """The scheduler (the daily run at the configured time), dispatcher and webhook server."""
     from reminder.scheduler import serve as run_service
 
     app = state(ctx).app()
