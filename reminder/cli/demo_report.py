@@ -75,6 +75,7 @@ def report(
         placed.add_row(row["agency"], str(row["cases"]), row["balance"])
     out_console.print(placed)
     out_console.print(
-        "Next: [bold]reminder messages --date D[/bold], [bold]reminder explain LOAN_ID[/bold]; "
-        "the texts sent are in ./outbox/"
+        "Next: [bold]reminder explain LOAN_ID[/bold] (why a loan was or was not contacted), "
+        "[bold]reminder messages --date D[/bold], [bold]reminder inbox[/bold] (replies that "
+        "need a person), [bold]reminder handoff export[/bold]; the texts sent are in ./outbox/"
     )

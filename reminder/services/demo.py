@@ -14,7 +14,7 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from reminder.bootstrap import App
 from reminder.db.tables import borrowers, installments, loans, payments
@@ -96,15 +96,53 @@ def _payments(rng: random.Random, loan_id: str, seq: int, due: date, amount: Dec
              "amount": value, "source": "ledger"}]
 
 
+# What some borrowers answer to an SMS, by share of that day's recipients (seeded).
+REPLIES = [
+    (0.02, lambda day: "STOP"),
+    (0.03, lambda day: "I already PAID"),
+    (0.04, lambda day: f"PROMISE {(day + timedelta(days=5)).isoformat()}"),
+    (0.01, lambda day: "this is not my loan, I dispute it"),
+    (0.01, lambda day: "please call me"),
+]
+
+
+def _borrower_replies(app: App, day: date, rng: random.Random) -> None:
+    """Some of the day's SMS recipients reply, through the same code as the webhook."""
+    from reminder.clock import FixedClock
+    from reminder.db.tables import messages
+    from reminder.services.replies import InboundReply, handle_reply
+
+    with app.engine.connect() as conn:
+        phones = conn.execute(
+            select(borrowers.c.phone).distinct()
+            .join(messages, messages.c.borrower_id == borrowers.c.borrower_id)
+            .where(messages.c.run_date == day, messages.c.channel == "sms",
+                   messages.c.status == "sent")
+            .order_by(borrowers.c.phone)
+        ).scalars().all()
+    app.clock = FixedClock(datetime.combine(day, time(18), tzinfo=app.config.run.tz))
+    for number, phone in enumerate(phones):
+        roll, threshold = rng.random(), 0.0
+        for share, text in REPLIES:
+            threshold += share
+            if roll < threshold:
+                handle_reply(app, InboundReply(channel="sms", sender=phone, body=text(day),
+                                               provider_ref=f"demo-{day}-{number}"))
+                break
+
+
 def replay(app: App, start: date, days: int,
            on_day: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Run `days` daily runs from `start`, dispatching through each day."""
+    """Run `days` daily runs from `start`, dispatching through each day; borrowers reply."""
     summaries = []
     zone = app.config.run.tz
+    rng = random.Random(11)
     for offset in range(days):
         day = start + timedelta(days=offset)
         run_day(app, RunOptions(run_date=day, dispatch=False))
         end_of_day = datetime.combine(day + timedelta(days=1), time(0), tzinfo=zone)
+        dispatch_due(app, end_of_day - timedelta(hours=6))
+        _borrower_replies(app, day, rng)
         dispatch_due(app, end_of_day + timedelta(hours=6, minutes=59))
         from reminder.services.daily_run import day_summary
 
