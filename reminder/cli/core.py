@@ -6,6 +6,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import func, select
 
@@ -101,12 +102,12 @@ def list_messages(
         emit_json(rows)
         return
     table = Table()
-    for name in ("run_date", "loan_id", "stage", "channel", "status", "reason", "not_before"):
-        table.add_column(name)
+    for name in ("run_date", "loan_id", "stage", "channel", "status", "reason", "not before"):
+        table.add_column(name, no_wrap=name in ("run_date", "not before"))
     for row in rows:
+        when = (row["not_before"] or "")[:16].replace("T", " ")  # lender's local time
         table.add_row(*(str(row[k] or "") for k in
-                        ("run_date", "loan_id", "stage", "channel", "status", "reason",
-                         "not_before")))
+                        ("run_date", "loan_id", "stage", "channel", "status", "reason")), when)
     out_console.print(table)
 
 
@@ -131,9 +132,8 @@ def explain(
     out_console.print(f"  oldest unpaid due date: {result.episode or '-'}   dpd: "
                       f"{result.dpd if result.episode else '-'}   overdue: {result.overdue}   "
                       f"stage: {result.stage or '-'}")
-    for rule in result.rules:
-        where = f"[{rule['channel']}] " if "channel" in rule else ""
-        out_console.print(f"  - {where}{rule['rule']}: {rule['text']}")
+    for line in _rule_lines(result.rules):
+        out_console.print(f"  - {escape(line)}", highlight=False)
     if result.messages:
         table = Table(title="recent messages")
         for name in ("run_date", "stage", "channel", "status", "reason"):
@@ -142,6 +142,22 @@ def explain(
             table.add_row(*(str(row[k] or "") for k in
                             ("run_date", "stage", "channel", "status", "reason")))
         out_console.print(table)
+
+
+def _rule_lines(rules: list[dict[str, Any]]) -> list[str]:
+    """One line per rule; a policy rule that applies on several channels is named once."""
+    lines: list[str] = []
+    channels: dict[str, list[str]] = {}
+    for rule in rules:
+        if "channel" in rule:
+            channels.setdefault(rule["rule"], []).append(rule["channel"])
+    for rule in rules:
+        if "channel" not in rule:
+            lines.append(f"{rule['rule']}: {rule['text']}")
+        elif rule["rule"] in channels:
+            on = ", ".join(channels.pop(rule["rule"]))
+            lines.append(f"{rule['rule']} ({on}): {rule['text']}")
+    return lines
 
 
 def demo(

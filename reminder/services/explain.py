@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, literal, select
+from sqlalchemy import Connection, and_, literal, or_, select
 
 from reminder.bootstrap import App
-from reminder.db.tables import borrowers, cases, loans, messages, promises
+from reminder.db.tables import borrowers, cases, contact_flags, loans, messages, promises
 from reminder.db.types import from_cents
 from reminder.domain.reasons import ORDER, describe
 from reminder.services.evaluation import loan_state
@@ -142,12 +142,27 @@ def _describe_state(app: App, result: Explanation) -> list[dict[str, Any]]:
 def _history_notes(conn: Connection, loan_id: str, borrower_id: str) -> list[dict[str, Any]]:
     notes: list[dict[str, Any]] = []
     for row in conn.execute(
-        select(promises.c.promised_on, promises.c.status).where(
-            promises.c.borrower_id == borrower_id, promises.c.status == "broken"
-        )
+        select(promises.c.promised_on, promises.c.status, promises.c.source).where(
+            promises.c.borrower_id == borrower_id, promises.c.status.in_(("open", "broken")),
+            or_(promises.c.loan_id.is_(None), promises.c.loan_id == loan_id),
+        ).order_by(promises.c.promised_on)
     ):
-        notes.append({"rule": "broken_promise", "applies": True,
-                      "text": f"promise to pay by {row.promised_on} was broken; reminders resumed"})
+        if row.status == "broken":
+            notes.append({"rule": "broken_promise", "applies": True, "text":
+                          f"promise to pay by {row.promised_on} was broken; reminders resumed"})
+        else:
+            notes.append({"rule": "promise_detail", "applies": True, "text":
+                          f"promise to pay by {row.promised_on} (via {row.source}), open"})
+    for row in conn.execute(
+        select(contact_flags.c.kind, contact_flags.c.channel, contact_flags.c.source,
+               contact_flags.c.created_at).where(
+            contact_flags.c.borrower_id == borrower_id, contact_flags.c.lifted_at.is_(None),
+            or_(contact_flags.c.loan_id.is_(None), contact_flags.c.loan_id == loan_id),
+        ).order_by(contact_flags.c.created_at)
+    ):
+        scope = f" ({row.channel})" if row.channel else ""
+        notes.append({"rule": "flag", "applies": True, "text":
+                      f"{row.kind}{scope} since {row.created_at:%Y-%m-%d} (source: {row.source})"})
     for row in conn.execute(
         select(cases.c.case_id, cases.c.agency_id, cases.c.status, cases.c.placed_on).where(
             and_(cases.c.loan_id == loan_id)
