@@ -35,6 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from reminder.bootstrap import App
 from reminder.db.tables import cases, contact_flags, loans, outcomes, payments
 from reminder.errors import InputError
+from reminder.services.import_rows import Rejection  # one rejection shape for every import
 
 KINDS = ("payment", "promise", "dispute", "wrong_contact", "uncollectible", "deceased",
          "bankruptcy", "recall")  # fmt: skip
@@ -42,18 +43,6 @@ COLUMNS = ("case_id", "outcome", "amount", "date", "agency_ref", "note")
 REQUIRED = ("case_id", "outcome", "date", "agency_ref")
 FLAG_KINDS = ("dispute", "deceased", "bankruptcy")
 MAX_REF = 120
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """One problem with one row: `line` (file: header = 1; API: position from 1), column."""
-
-    line: int
-    column: str | None
-    reason: str
-
-    def as_dict(self) -> dict[str, object]:
-        return {"line": self.line, "column": self.column, "reason": self.reason}
 
 
 @dataclass
