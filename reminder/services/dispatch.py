@@ -50,8 +50,8 @@ from reminder.services.sending import (
     RetryPolicy,
     deliver,
     deliver_batch,
-    shared_bucket,
 )
+from reminder.services.shared_rate import DatabaseRateLimiter
 
 log = logging.getLogger(__name__)
 CHANNELS = ("sms", "email", "voice")
@@ -112,7 +112,8 @@ def _lane(app: App, channel: str, limiter: RateLimiter | None) -> _Lane:
     size = int((settings.model_extra or {}).get("concurrency", DEFAULT_CONCURRENCY))
     if limiter is None and not _rate_limited(app, channel):
         limiter = NoLimit()  # a local outbox protects no provider's limit
-    bucket = limiter or shared_bucket(channel, settings.rate_per_second)
+    # the budget lives in the database: it holds across every worker process, not per process
+    bucket = limiter or DatabaseRateLimiter(app.engine, channel, settings.rate_per_second)
     pool = ThreadPoolExecutor(size, f"send-{channel}")
     if settings.rate_per_second >= size:  # the pool is the limit: keep one round queued
         return _Lane(channel, pool, bucket, target=2 * size, refill_at=size)
