@@ -99,8 +99,14 @@ def _cap_reached(
     return case(*whens, else_=0) if whens else literal(0)
 
 
-def planning_select(config: Config, moment: RunMoment, slots: list[Slot]) -> Any:
-    """SELECT producing one row per contact the cadence calls for, with its decision."""
+def planning_select(
+    config: Config, moment: RunMoment, slots: list[Slot], guard_lookups: bool = True
+) -> Any:
+    """SELECT producing one row per contact the cadence calls for, with its decision.
+
+    `guard_lookups` skips the policy's lookups for borrowers `attention()` does not list
+    (SQLite; PostgreSQL may plan the IN list as a scan per row, its lookups are cheap).
+    """
     run_date, run_at = moment.run_date, moment.run_at
     state = loan_state(config, run_date).cte("loan_state")
     ranges, cadence, slot = stage_table(config), cadence_table(config), _slot_table(slots)
@@ -138,7 +144,9 @@ def planning_select(config: Config, moment: RunMoment, slots: list[Slot]) -> Any
             holiday=slot.c.holiday,
             weekend=slot.c.weekend,
             cap_reached=cap_reached,
-            attention=loans.c.borrower_id.in_(select(noted.c.borrower_id)),
+            attention=loans.c.borrower_id.in_(select(noted.c.borrower_id))
+            if guard_lookups
+            else None,
         ),
         config,
         run_date,
@@ -200,7 +208,7 @@ PLAN_COLUMNS = (
 def plan(conn: Connection, config: Config, moment: RunMoment) -> int:
     """Insert the day's message rows; returns how many were new. Safe to run twice."""
     slots = contact_slots(conn, config, moment.run_at)
-    query = planning_select(config, moment, slots)
+    query = planning_select(config, moment, slots, conn.dialect.name != "postgresql")
     columns = [messages.c[name] for name in PLAN_COLUMNS]
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     statement = (
@@ -212,9 +220,12 @@ def plan(conn: Connection, config: Config, moment: RunMoment) -> int:
         return conn.execute(statement).rowcount or 0
     # PostgreSQL misjudges joins with the VALUES tables (cadence by grade) and would start
     # from every borrower; joined in the written order, it starts from the staged loans.
-    limit = conn.exec_driver_sql("SHOW join_collapse_limit").scalar()
-    conn.exec_driver_sql("SET LOCAL join_collapse_limit = 1")
+    settings = {"join_collapse_limit": "1"}
+    before = {name: conn.exec_driver_sql(f"SHOW {name}").scalar() for name in settings}
+    for name, value in settings.items():
+        conn.exec_driver_sql(f"SET LOCAL {name} = '{value}'")
     try:
         return conn.execute(statement).rowcount or 0
     finally:
-        conn.exec_driver_sql(f"SET LOCAL join_collapse_limit = {int(limit)}")
+        for name, value in before.items():
+            conn.exec_driver_sql(f"SET LOCAL {name} = '{value}'")
