@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from reminder.cli import audit, core, forget, handoff, imports, preview, twoway
+from reminder.cli import audit, core, forget, handoff, imports, preview, twoway, worker
 from reminder.cli.common import State
 
 app = typer.Typer(
@@ -34,7 +34,7 @@ def _root(
     ctx.obj = State(config_path=config)
 
 
-for module in (core, imports, handoff, preview, twoway, audit, forget):
+for module in (core, imports, handoff, preview, twoway, audit, forget, worker):
     module.register(app)
 
 
