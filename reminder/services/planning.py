@@ -220,6 +220,9 @@ def plan(conn: Connection, config: Config, moment: RunMoment) -> int:
         return conn.execute(statement).rowcount or 0
     # PostgreSQL misjudges joins with the VALUES tables (cadence by grade) and would start
     # from every borrower; joined in the written order, it starts from the staged loans.
+    # Fresh statistics for `messages` (a run or a rerun just changed a large part of it):
+    # with a stale "nearly empty", the cadence check became a scan per contact.
+    conn.exec_driver_sql("ANALYZE messages")
     settings = {"join_collapse_limit": "1"}
     before = {name: conn.exec_driver_sql(f"SHOW {name}").scalar() for name in settings}
     for name, value in settings.items():
