@@ -68,6 +68,8 @@ def claim(conn: Connection, now: datetime, limit: int, worker: str,
         key = (row["borrower_id"], row["channel"], row["run_date"])
         batch_of.setdefault(key, f"{row['run_date']:%Y%m%d}-{row['channel']}-{row['id']}")
         row["batch_key"] = batch_of[key]
+    if not rows:  # every group we locked was just claimed by another worker
+        return []
     conn.execute(
         update(messages)
         .where(messages.c.id == bindparam("row_id"), messages.c.status == "planned")

@@ -143,13 +143,14 @@ def _claim_ledger(conn: Connection, moment: RunMoment, now: datetime) -> str:
     """
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     me, until = worker_name(), now + LEASE
-    inserted = conn.execute(
+    inserted = conn.execute(  # RETURNING: psycopg reports rowcount -1 for this statement
         dialect.insert(runs)
         .values(run_date=moment.run_date, status="running", started_at=now, owner=me,
                 lease_until=until)
         .on_conflict_do_nothing(index_elements=["run_date"])
-    ).rowcount
-    if inserted:
+        .returning(runs.c.run_date)
+    ).first()
+    if inserted is not None:
         return "mine"
     row = conn.execute(
         select(runs.c.status, runs.c.owner, runs.c.lease_until)

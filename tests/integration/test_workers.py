@@ -297,21 +297,10 @@ print(json.dumps({"sent": report.sent, "errors": report.errors}))
 """
 
 
-CLAIM_RACE = (
-    "claiming.claim runs its executemany UPDATE with an empty parameter list when every "
-    "group it locked was claimed and committed by another worker since its window read "
-    "(InvalidRequestError: a value is required for bind parameter 'row_batch'); the pass "
-    "dies with sends unrecorded, rows stay `sending` until STALE_AFTER"
-)
-LEDGER_ROWCOUNT = (
-    "daily_run._claim_ledger trusts the INSERT ... ON CONFLICT DO NOTHING rowcount, which is "
-    "-1 (truthy) on PostgreSQL/psycopg: every concurrent run_day claims 'mine' and plans"
-)
 
 
 @pytest.mark.slow
 @pytest.mark.postgres
-@pytest.mark.xfail(reason=CLAIM_RACE, strict=False)
 def test_four_workers_and_two_daily_runs_send_every_message_once(
     database_url: str, engine: Engine, tmp_path: Path
 ):
@@ -366,7 +355,6 @@ def test_four_workers_and_two_daily_runs_send_every_message_once(
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(reason=LEDGER_ROWCOUNT, strict=False)
 def test_two_daily_runs_at_once_one_plans_the_other_skips(
     database_url: str, engine: Engine, tmp_path: Path
 ):
