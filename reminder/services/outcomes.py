@@ -35,6 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from reminder.bootstrap import App
 from reminder.db.tables import cases, contact_flags, loans, outcomes, payments
 from reminder.errors import InputError
+from reminder.services.audit_records import append_on_commit
 from reminder.services.import_rows import Rejection  # one rejection shape for every import
 
 KINDS = ("payment", "promise", "dispute", "wrong_contact", "uncollectible", "deceased",
@@ -193,6 +194,10 @@ def _apply(conn: Connection, agency_id: str, row: Outcome, case: Any, now: datet
             status="recalled" if recalled else "closed", closed_on=row.day,
             close_reason="agency_recall" if recalled else "uncollectible",
             recall_exported_at=now if recalled else None))  # fmt: skip
+    detail = {"case_id": row.case_id, "agency_id": agency_id, "agency_ref": row.agency_ref,
+              "outcome": row.outcome, "amount": row.amount, "date": row.day}  # never the note
+    append_on_commit(conn, "outcome", borrower_id=case.borrower_id, loan_id=case.loan_id,
+                     detail=detail, at=now)
 
 
 def _ingest(app: App, agency_id: str, raw_rows: Iterable[tuple[int, Mapping[str, Any]]]
