@@ -1,5 +1,5 @@
 """The services' audit hooks over SQLite and PostgreSQL: sends, re-checks, status callbacks,
-replies and their flags — each one row, ids and codes only, chain intact."""
+replies and their flags, agency outcomes — each one row, ids and codes only, chain intact."""
 
 from __future__ import annotations
 
@@ -16,13 +16,14 @@ from sqlalchemy import Engine, insert, select
 from reminder.bootstrap import App, bootstrap
 from reminder.clock import FixedClock
 from reminder.config import Config
-from reminder.db.tables import audit_log, messages, payments
+from reminder.db.tables import audit_log, cases, messages, payments
 from reminder.errors import PermanentSendError, SendError
 from reminder.ports import OutgoingMessage, SendResult
 from reminder.services import audit
 from reminder.services.daily_run import RunOptions, run_day
 from reminder.services.delivery_status import StatusEvent, apply_status
 from reminder.services.dispatch import dispatch_due
+from reminder.services.outcomes import ingest
 from reminder.services.replies import InboundReply, handle_reply
 from reminder.services.sending import RetryPolicy
 from tests.portfolio import Portfolio
@@ -142,4 +143,17 @@ def test_a_reply_and_its_effect_are_recorded_without_its_text(app: App) -> None:
     assert (flag.detail["flag"], flag.detail["action"]) == ("opt_out", "added")
     handle_reply(app, InboundReply(channel="sms", sender=PHONE, body="START", provider_ref="SMr2"))
     assert [row.detail["action"] for row in _events(app, "flag")] == ["added", "lifted"]
+    assert _intact(app)
+
+
+def test_an_agency_outcome_is_recorded_without_its_note(app: App) -> None:
+    with app.engine.connect() as conn:
+        case_id, agency = conn.execute(select(cases.c.case_id, cases.c.agency_id)).one()
+    row = {"case_id": case_id, "outcome": "payment", "amount": "40.00", "date": D.isoformat(),
+           "agency_ref": "A-1", "note": "spoke to Borrower B3 at +12125550177"}  # fmt: skip
+    assert ingest(app, agency, [(2, row)]).imported == 1
+    (outcome,) = _events(app, "outcome")
+    assert (outcome.loan_id, outcome.detail["outcome"], outcome.detail["amount"]) == (
+        "L3", "payment", "40.00")
+    assert "note" not in outcome.detail
     assert _intact(app)
