@@ -76,16 +76,6 @@ class TokenBucket:
             self._sleep(delay)
 
 
-_shared: dict[tuple[str, float], TokenBucket] = {}
-_shared_lock = threading.Lock()
-
-
-def shared_bucket(channel: str, rate: float) -> TokenBucket:
-    """The process-wide bucket of a channel: every dispatcher pass draws from the same one."""
-    with _shared_lock:
-        return _shared.setdefault((channel, rate), TokenBucket(rate))
-
-
 @dataclass(frozen=True)
 class RetryPolicy:
     """Bounds of the in-pass retries of a transient error."""
