@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from datetime import datetime, timedelta
 from typing import Any
@@ -101,11 +102,21 @@ def retry_after(headers: dict[str, str]) -> float | None:
         return None
 
 
+PHONE_IN_TEXT = re.compile(r"\+?\d[\d ()-]{6,}\d")
+
+
+def mask_phones(text: str) -> str:
+    """Twilio's error texts often quote the number ("The 'To' number +1415… is not valid"):
+    keep the country-code end and the last two digits only, so no stored or logged error
+    carries a full phone number."""
+    return PHONE_IN_TEXT.sub(lambda m: f"{m.group()[:3]}***{m.group()[-2:]}", text)
+
+
 def translate(exc: Exception, http: HeaderKeepingHttpClient) -> Exception:
     """A twilio/requests error as our TransientSendError or PermanentSendError."""
     if isinstance(exc, TwilioRestException):
         code = str(exc.code or exc.status)
-        text = f"twilio {exc.status}/{code}: {exc.msg}"
+        text = mask_phones(f"twilio {exc.status}/{code}: {exc.msg}")
         if exc.code == OPTED_OUT:
             return PermanentSendError(text, code, opted_out=True)
         if exc.status >= 500 or exc.status in TRANSIENT_STATUSES:
