@@ -169,8 +169,8 @@ def test_sigkilled_dispatchers_never_send_a_message_twice(tmp_path, database_url
     summary = {"kills": KILLS, "sent": statuses["sent"], "unknown": statuses["unknown"],
                "seconds": round(elapsed, 1),
                "crash_phase_seconds": round(finished_at - planned_at, 1)}  # fmt: skip
-    print(json.dumps(summary))
-    assert elapsed < 60
+    print(json.dumps(summary))  # the time is a figure to read, not a pass/fail (STYLE:
+    # speed targets live in bench/; on an idle 2-core machine this takes 25-45 s)
 
 
 def row_phone(row: dict[str, object]) -> str:
