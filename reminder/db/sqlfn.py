@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Date, Integer, func, literal_column
+from sqlalchemy import BigInteger, Date, Integer, func, literal_column, type_coerce
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
@@ -83,4 +83,12 @@ def true_() -> ColumnElement[Any]:
     return literal_column("1") == literal_column("1")
 
 
-__all__ = ["days_between", "date_minus_days", "as_date", "func", "true_"]
+ZERO = literal_column("0")
+
+
+def cents(amount: ColumnElement[Any]) -> ColumnElement[int]:
+    """A Money column seen as the integer cents it is stored as (exact SQL sums)."""
+    return type_coerce(amount, BigInteger)
+
+
+__all__ = ["days_between", "date_minus_days", "as_date", "func", "true_", "cents", "ZERO"]

@@ -31,23 +31,17 @@ from sqlalchemy import (
     func,
     insert,
     literal,
-    literal_column,
+    or_,
     select,
-    type_coerce,
+    union_all,
     values,
 )
 from sqlalchemy.sql.expression import ColumnElement
 
 from reminder.config import Config
-from reminder.db.sqlfn import as_date, days_between
-from reminder.db.tables import installments, loans, payments
-
-ZERO = literal_column("0")
-
-
-def cents(amount: ColumnElement[Any]) -> ColumnElement[int]:
-    """A Money column seen as the integer cents it is stored as (exact SQL sums)."""
-    return type_coerce(amount, BigInteger)
+from reminder.db.sqlfn import ZERO, as_date, cents, days_between
+from reminder.db.tables import installments, loan_balances, loans, payments
+from reminder.services.balances import refresh_balances
 
 
 def lookahead_days(config: Config) -> int:
@@ -57,7 +51,7 @@ def lookahead_days(config: Config) -> int:
 
 
 def _evaluation(
-    config: Config, as_of: date, loan_ids: Sequence[str] | None
+    config: Config, as_of: date, loan_ids: Sequence[str] | Select[Any] | None
 ) -> tuple[Any, Any]:
     """(totals, episodes): amounts per evaluated loan, and the state of the unpaid ones.
 
@@ -141,12 +135,38 @@ def _state_columns(as_of: date, episode: Any, fell_due: Any, paid: Any) -> list[
     ]
 
 
-def open_loan_state(
-    config: Config, as_of: date, loan_ids: Sequence[str] | None = None
-) -> Select[Any]:
-    """`loan_state` restricted to the loans owing something up to D + lookahead."""
-    _totals, episodes = _evaluation(config, as_of, loan_ids)
-    return (
+def open_loan_state(config: Config, as_of: date) -> Select[Any]:
+    """`loan_state` restricted to the loans owing something up to D + lookahead.
+
+    Read from `loan_balances` (brought up to date by `refresh_balances` first): the
+    episode is the loan's oldest unpaid due date when its payments are all dated on or
+    before D; only the loans paid after D (a run for an earlier date) go through the full
+    evaluation. The overdue part sums the open loans' installments due before D.
+    """
+    d = as_date(literal(as_of))
+    horizon = as_date(literal(as_of + timedelta(days=lookahead_days(config))))
+    fell_due = (
+        select(func.coalesce(func.sum(cents(installments.c.amount_due)), ZERO))
+        .where(installments.c.loan_id == loan_balances.c.loan_id, installments.c.due_date < d)
+        .scalar_subquery()
+    )
+    current = (
+        select(
+            loan_balances.c.loan_id,
+            *_state_columns(
+                as_of, loan_balances.c.unpaid_from, fell_due, loan_balances.c.paid_cents
+            ),
+        )
+        .join(loans, loans.c.loan_id == loan_balances.c.loan_id)
+        .where(
+            loan_balances.c.unpaid_from <= horizon,
+            or_(loan_balances.c.last_paid_on.is_(None), loan_balances.c.last_paid_on <= d),
+            loans.c.status != "closed",
+        )
+    )
+    paid_later = select(loan_balances.c.loan_id).where(loan_balances.c.last_paid_on > d)
+    _totals, episodes = _evaluation(config, as_of, paid_later)
+    in_full = (
         select(
             episodes.c.loan_id,
             *_state_columns(
@@ -154,8 +174,9 @@ def open_loan_state(
             ),
         )
         .join(loans, loans.c.loan_id == episodes.c.loan_id)
-        .where(loans.c.status != "closed")
+        .where(episodes.c.episode.is_not(None), loans.c.status != "closed")
     )
+    return union_all(current, in_full)
 
 
 def loan_state(
@@ -211,9 +232,11 @@ _DAY: ContextVar[tuple[Config, date] | None] = ContextVar("evaluated_day", defau
 def evaluated_day(conn: Connection, config: Config, as_of: date) -> Iterator[None]:
     """Evaluate the portfolio once for a run: `loan_state(config, as_of)` reads the result.
 
-    The open loans' state goes into a TEMP table on `conn` (inside the run's transaction);
+    The loans changed since the last run get their balances recomputed first; the open
+    loans' state goes into a TEMP table on `conn` (inside the run's transaction);
     planning, placement and the stage counts then read it instead of evaluating again.
     """
+    refresh_balances(conn)
     day_state.drop(conn, checkfirst=True)
     day_state.create(conn)
     conn.execute(
