@@ -5,8 +5,9 @@ APScheduler 3.11 runs the daily run at `[run] time` in the lender's timezone wit
 after the run time on a day the run ledger shows no finished run for adds a catch-up
 run at once, so a machine that was down at 07:00 still runs that day, once.
 The dispatcher runs every 30 seconds for messages whose `not_before` arrives later in
-the day. Ctrl-C (SIGINT) or SIGTERM stops everything cleanly: running jobs finish
-their current batch first.
+the day. Without it (`serve --no-dispatch`: `reminder worker` processes send) the daily
+run only plans, so the scheduler's process sends nothing at all. Ctrl-C (SIGINT) or
+SIGTERM stops everything cleanly: running jobs finish their current batch first.
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ def build_scheduler(app: App, *, dispatch: bool = True) -> BackgroundScheduler:
     scheduler = BackgroundScheduler(timezone=run.tz)
     once = {"coalesce": True, "max_instances": 1, "misfire_grace_time": MISFIRE_GRACE_SECONDS}
     trigger = CronTrigger(hour=run.run_time.hour, minute=run.run_time.minute, timezone=run.tz)
-    scheduler.add_job(_daily, trigger, args=[app], id="daily_run", name="daily run", **once)
+    scheduler.add_job(_daily, trigger, args=[app, dispatch], id="daily_run", name="daily run",
+                      **once)  # fmt: skip
     if dispatch:
         scheduler.add_job(_dispatch, "interval", seconds=DISPATCH_EVERY_SECONDS, args=[app],
                           id="dispatch", name="dispatcher", coalesce=True, max_instances=1,
                           misfire_grace_time=DISPATCH_EVERY_SECONDS)
     if _missed_today(app):
-        scheduler.add_job(_daily, args=[app], id="catch_up", name="catch-up daily run",
+        scheduler.add_job(_daily, args=[app, dispatch], id="catch_up", name="catch-up daily run",
                           next_run_time=app.clock.now())
     return scheduler
 
@@ -57,9 +59,9 @@ def _missed_today(app: App) -> bool:
         return not day_was_run(conn, now.date())
 
 
-def _daily(app: App) -> None:
+def _daily(app: App, dispatch: bool = True) -> None:
     try:
-        summary = run_day(app, RunOptions(skip_if_done=True))
+        summary = run_day(app, RunOptions(skip_if_done=True, dispatch=dispatch))
         log.info("daily run %s: planned %s sent %s", summary["date"], summary["planned"],
                  summary["sent"])
     except RunInProgress:

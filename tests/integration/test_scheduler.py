@@ -71,3 +71,32 @@ def test_a_scheduler_started_after_run_time_catches_up_a_missed_day(
                       clock=FixedClock(datetime(2026, 12, 3, 11, 0, tzinfo=UTC)))  # 06:00 NY
     assert build_scheduler(early).get_job("catch_up") is None
     engine.dispose()
+
+
+def test_serve_without_dispatch_plans_the_day_and_leaves_the_sending_to_workers(
+    config: Config, database_url: str
+) -> None:
+    from datetime import date, timedelta
+
+    from sqlalchemy import select
+
+    from reminder.clock import FixedClock
+    from reminder.db.engine import make_engine
+    from reminder.db.tables import messages
+    from tests.portfolio import Portfolio
+
+    engine = make_engine(database_url)
+    p = Portfolio()
+    p.loan("L1", p.borrower("B1", phone="+12125550101"), first_due=date(2026, 11, 30), count=1)
+    p.save(engine)
+    now = datetime(2026, 12, 2, 15, 0, tzinfo=UTC)  # 10:00 in New York: due at once
+    scheduler = build_scheduler(bootstrap(config, engine=engine, clock=FixedClock(now)),
+                                dispatch=False)  # fmt: skip
+    assert scheduler.get_job("dispatch") is None
+    catch_up = scheduler.get_job("catch_up")
+    catch_up.func(*catch_up.args)  # what the scheduler runs at once
+    with engine.connect() as conn:
+        rows = conn.execute(select(messages.c.status, messages.c.not_before)).all()
+    assert rows and {status for status, _ in rows} == {"planned"}
+    assert all(not_before <= now + timedelta(seconds=1) for _, not_before in rows)
+    engine.dispose()
