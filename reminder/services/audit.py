@@ -36,8 +36,9 @@ from sqlalchemy import Connection, func, select, text
 from reminder.db.tables import audit_log, loans
 
 KINDS = frozenset(
-    {"decision", "send", "status", "reply", "placement", "outcome", "forget", "flag"}
-)
+    {"decision", "send", "status", "reply", "placement", "outcome", "forget", "flag",
+     "handoff", "promise", "contact"}
+)  # fmt: skip
 GENESIS = "0" * 64  # prev_hash of the first row
 LOCK_KEY = 7_236_101_001  # pg_advisory_xact_lock key of the audit chain
 BATCH = 5000

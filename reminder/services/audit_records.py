@@ -1,5 +1,7 @@
 """What the services record in the audit trail: a run's decisions and placements, sends
-and status changes of message rows, flags, replies and outcomes. The recorders read the
+and status changes of message rows, flags, replies, outcomes, agency file deliveries
+(`handoff`), settled promises (`promise`), answers sent without a message row (`send`)
+and contact details changed by an import (`contact`). The recorders read the
 rows they record in the caller's transaction, so the log states what was committed, with
 ids and codes only (no PII). Hooks inside other services' transactions queue their events
 with the `*_on_commit` functions: they are chained just before that transaction commits.
@@ -14,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, Date, bindparam, event, func, select, text
 
 from reminder.db.tables import cases, loans, messages
+from reminder.ports import SendResult
 from reminder.services.audit import (
     BATCH,
     Prepared,
@@ -183,3 +186,40 @@ def record_messages_on_commit(conn: Connection, kind: str, message_ids: Iterable
     ids = sorted(set(message_ids))
     if ids:
         _queue(conn, lambda c: _message_events(c, kind, ids, at, extra))
+
+
+def record_file_sent(conn: Connection, sent: Iterable[tuple[str, str]],
+                     detail: Mapping[str, Any], at: datetime) -> int:  # fmt: skip
+    """A `handoff` row per case of an agency file just delivered, on the case's loan, so
+    that a loan's history says when which file went to which agency. `sent` holds the
+    (case id, loan id) pairs the delivery confirmed; `detail` describes the file."""
+    pairs = sorted(sent)
+    loan_ids = sorted({loan_id for _, loan_id in pairs})
+    owners: dict[str, str] = {}
+    for start in range(0, len(loan_ids), 1000):
+        owners.update((loan_id, borrower_id) for loan_id, borrower_id in conn.execute(
+            select(loans.c.loan_id, loans.c.borrower_id)
+            .where(loans.c.loan_id.in_(loan_ids[start : start + 1000]))
+        ))  # fmt: skip
+    return append_many(conn, (
+        {"kind": "handoff", "at": at, "loan_id": loan_id, "borrower_id": owners.get(loan_id),
+         "detail": {**detail, "case_id": case_id}}
+        for case_id, loan_id in pairs
+    ))  # fmt: skip
+
+
+def record_answer(conn: Connection, borrower_id: str | None, *, channel: str, purpose: str,
+                  template: str | None, reply_id: int | None, at: datetime,
+                  result: SendResult | None = None, error_code: str | None = None,
+                  status: str | None = None) -> None:  # fmt: skip
+    """A `send` row for a contact that has no message row (an auto-reply, a payment link
+    texted during a call): channel, purpose, template and the provider's id, never the
+    address or the text. Without a `result` the send did not succeed: `status` says how."""
+    detail = {
+        "purpose": purpose, "channel": channel, "template": template, "reply_id": reply_id,
+        "status": result.status if result else (status or "failed"),
+        "provider": result.provider if result else None,
+        "provider_id": result.provider_id if result else None, "error_code": error_code,
+    }  # fmt: skip
+    append_many(conn, [{"kind": "send", "at": at, "borrower_id": borrower_id,
+                        "detail": detail}])  # fmt: skip

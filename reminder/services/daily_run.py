@@ -50,14 +50,17 @@ def moment_for(app: App, run_date: date | None) -> RunMoment:
 
 
 def settle_promises(conn: Connection, app: App, moment: RunMoment) -> None:
-    """Promises whose date + grace has passed become kept (loan current) or broken."""
+    """Promises whose date + grace has passed become kept (loan current) or broken.
+
+    Each settled promise gets a `promise` audit row, written when the run commits.
+    """
     grace = app.config.policy.promise_grace_days
     expired = promises.c.promised_on < as_date_literal(moment.run_date - timedelta(days=grace))
     due = conn.execute(
-        select(promises.c.id, promises.c.borrower_id, promises.c.loan_id).where(
-            promises.c.status == "open", expired
-        )
-    ).all()
+        select(promises.c.id, promises.c.borrower_id, promises.c.loan_id,
+               promises.c.promised_on, promises.c.amount, promises.c.source)
+        .where(promises.c.status == "open", expired)
+    ).all()  # fmt: skip
     if not due:
         return
     state = loan_state(app.config, moment.run_date).subquery("state")
@@ -71,13 +74,18 @@ def settle_promises(conn: Connection, app: App, moment: RunMoment) -> None:
             .where(state.c.overdue_cents > 0)
         )
     }
-    for promise_id, borrower_id, _loan_id in due:
+    for promise_id, borrower_id, loan_id, promised_on, amount, source in due:
         status = "broken" if borrower_id in still_overdue else "kept"
         conn.execute(
             update(promises)
             .where(promises.c.id == promise_id)
             .values(status=status, closed_at=moment.run_at)
         )
+        audit.append_on_commit(
+            conn, "promise", borrower_id=borrower_id, loan_id=loan_id, at=moment.run_at,
+            detail={"promise_id": promise_id, "outcome": status, "promised_on": promised_on,
+                    "amount": amount, "source": source, "run_date": moment.run_date},
+        )  # fmt: skip
 
 
 def as_date_literal(value: date) -> Any:

@@ -8,12 +8,14 @@ again. Export works in three steps per file:
    ids), so two batches never share a name and files never overwrite each other;
 2. *deliver*: the CSV, then its JSON manifest, through the agency's transport (each lands
    under its final name only when whole);
-3. *confirm* (one transaction): the batch's cases are marked exported.
+3. *confirm* (one transaction): the batch's cases are marked exported, and each gets a
+   `handoff` audit row on its loan (agency, file, case count, checksum, transport).
 
 A crash or a failed transfer between 1 and 3 leaves the batch reserved but not exported;
 the next export delivers the same name with the same bytes (rows are computed as of each
 case's placement date, so they do not drift) before reserving anything new. The agency
-may thus receive one file twice, never a case in two different files.
+may thus receive one file twice, never a case in two different files; the audit trail
+holds the confirmed delivery (a delivery a crash kept from step 3 shows as its repeat).
 
 Recall files work the same way for recalled cases whose placement was exported.
 """
@@ -38,6 +40,7 @@ from reminder.config import AgencyConfig, Config
 from reminder.db.tables import borrowers, cases, loans
 from reminder.errors import ConfigError, TransportError
 from reminder.ports import AgencyTransport
+from reminder.services.audit_records import record_file_sent
 from reminder.services.itemization import itemize_loans
 
 log = logging.getLogger(__name__)
@@ -231,8 +234,15 @@ def _send_batch(app: App, agency: AgencyConfig, transport: AgencyTransport, kind
                       (json.dumps(document, indent=2) + "\n").encode())
     name_col, sent_col = KINDS[kind]
     with app.engine.begin() as conn:
-        conn.execute(update(cases).where(name_col == file_name, sent_col.is_(None))
-                     .values({sent_col.name: now}))
+        confirmed = conn.execute(
+            update(cases).where(name_col == file_name, sent_col.is_(None))
+            .values({sent_col.name: now}).returning(cases.c.case_id, cases.c.loan_id)
+        ).all()  # fmt: skip
+        record_file_sent(conn, [(case_id, loan_id) for case_id, loan_id in confirmed], {
+            "action": "sent", "agency_id": agency.id, "file": kind, "file_name": file_name,
+            "cases": len(rows), "sha256": document["sha256"], "transport": agency.transport,
+            "reference": result.reference,
+        }, now)  # fmt: skip
     log.info("handoff %s: %s sent (%d cases)", agency.id, file_name, len(rows))
     return SentFile(agency.id, kind, file_name, len(rows), document["total_balance"],
                     document["sha256"], result.location)  # fmt: skip

@@ -4,7 +4,8 @@ One transaction per reply: the `replies` row (unique by the provider's message i
 retried webhook is a no-op) and its effect (opt-out, promise, dispute flag, ...) commit
 together. The auto-reply is sent after the commit through the channel's adapter
 (`App.sender(channel)`), never as TwiML, so SMS and email answers take one path, land in
-the outbox in development and a failed send never undoes the recorded intent.
+the outbox in development and a failed send never undoes the recorded intent. Every
+answer tried is a `send` audit row of its own (it has no message row).
 
 When to stay silent (decided by `plan_reply`, a pure function):
 - an unknown sender, and an email marked Auto-Submitted (no mail loops);
@@ -16,7 +17,7 @@ When to stay silent (decided by `plan_reply`, a pure function):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -27,8 +28,9 @@ from reminder.bootstrap import App
 from reminder.db.tables import replies
 from reminder.domain.intents import Intent, parse_reply
 from reminder.errors import PermanentSendError, ReminderError
-from reminder.ports import OutgoingMessage
+from reminder.ports import OutgoingMessage, SendResult
 from reminder.services import contact_changes as changes
+from reminder.services.audit_records import record_answer
 from reminder.services.borrower_match import find_borrowers, mask, normalized_sender
 from reminder.services.reply_texts import ReplyTexts
 
@@ -58,6 +60,8 @@ class ReplyOutcome:
     borrower_id: str | None = None
     answer: OutgoingMessage | None = None
     sent: bool = False
+    template: str | None = None  # the answer's reply template
+    reply_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -184,7 +188,8 @@ def _record(conn: Connection, app: App, inbound: InboundReply) -> ReplyOutcome:
             reference=f"reply-{reply_id}",
             subject=_subject(app, inbound),
         )
-    return ReplyOutcome(False, intent.kind, borrower_id, answer)
+    return ReplyOutcome(False, intent.kind, borrower_id, answer, template=plan.template,
+                        reply_id=reply_id)  # fmt: skip
 
 
 def _apply(
@@ -253,30 +258,47 @@ def _subject(app: App, inbound: InboundReply) -> str | None:
 
 
 def _send_answer(app: App, outcome: ReplyOutcome) -> ReplyOutcome:
-    """Send the auto-reply; a failure is logged, the recorded intent stands."""
-    assert outcome.answer is not None
+    """Send the auto-reply and record it as a `send` audit row (sent or not); a failure is
+    logged, the recorded intent stands."""
+    answer = outcome.answer
+    assert answer is not None
     try:
-        app.sender(outcome.answer.channel).send(outcome.answer)
+        result = app.sender(answer.channel).send(answer)
     except PermanentSendError as exc:
-        log.warning("auto-reply to %s refused: %s", mask(outcome.answer.to), exc.code)
-        if exc.opted_out and outcome.borrower_id:  # e.g. Twilio 21610: the carrier's opt-out
-            with app.engine.begin() as conn:
+        log.warning("auto-reply to %s refused: %s", mask(answer.to), exc.code)
+        with app.engine.begin() as conn:
+            if exc.opted_out and outcome.borrower_id:  # e.g. Twilio 21610: carrier opt-out
                 changes.add_flag(
                     conn,
                     outcome.borrower_id,
                     "opt_out",
-                    channel=outcome.answer.channel,
+                    channel=answer.channel,
                     source=f"provider:{exc.code}",
                     now=app.clock.now(),
                     note="the provider reports the recipient unsubscribed",
                 )
+            _record_answer(conn, app, outcome, error_code=exc.code)
         return outcome
     except ReminderError as exc:
-        log.warning("auto-reply to %s not sent: %s", mask(outcome.answer.to), exc)
+        log.warning("auto-reply to %s not sent: %s", mask(answer.to), exc)
+        with app.engine.begin() as conn:
+            _record_answer(conn, app, outcome, error_code=getattr(exc, "code", None))
         return outcome
     except Exception:  # an adapter bug must not turn a recorded reply into a 500
-        log.exception("auto-reply to %s failed", mask(outcome.answer.to))
+        log.exception("auto-reply to %s failed", mask(answer.to))
+        with app.engine.begin() as conn:  # whether it left is not known
+            _record_answer(conn, app, outcome, status="unknown")
         return outcome
-    return ReplyOutcome(
-        outcome.duplicate, outcome.intent, outcome.borrower_id, outcome.answer, sent=True
-    )
+    with app.engine.begin() as conn:
+        _record_answer(conn, app, outcome, result=result)
+    return replace(outcome, sent=True)
+
+
+def _record_answer(conn: Connection, app: App, outcome: ReplyOutcome, *,
+                   result: SendResult | None = None, error_code: str | None = None,
+                   status: str | None = None) -> None:  # fmt: skip
+    assert outcome.answer is not None
+    record_answer(conn, outcome.borrower_id, channel=outcome.answer.channel,
+                  purpose="auto_reply", template=outcome.template, reply_id=outcome.reply_id,
+                  at=app.clock.now(), result=result, error_code=error_code,
+                  status=status)  # fmt: skip

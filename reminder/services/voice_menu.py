@@ -21,8 +21,9 @@ from sqlalchemy.exc import IntegrityError
 from reminder.bootstrap import App
 from reminder.db.tables import borrowers, messages
 from reminder.errors import ReminderError
-from reminder.ports import OutgoingMessage
+from reminder.ports import OutgoingMessage, SendResult
 from reminder.services import contact_changes as changes
+from reminder.services.audit_records import record_answer
 from reminder.services.borrower_match import mask
 from reminder.services.replies import borrower_today
 from reminder.services.reply_texts import ReplyTexts
@@ -173,8 +174,25 @@ def _pay_link(
         reference=f"reply-{reply_id}",
     )
     try:
-        app.sender("sms").send(message)
+        result = app.sender("sms").send(message)
     except ReminderError as exc:
         log.warning("payment link to %s not sent: %s", mask(target["phone"]), exc)
+        _record_link(app, target, reply_id, error_code=getattr(exc, "code", None))
         return texts.render("voice_link_spoken", locale)
+    _record_link(app, target, reply_id, result=result)
     return texts.render("voice_link_sent", locale)
+
+
+def _record_link(
+    app: App,
+    target: dict[str, Any],
+    reply_id: int,
+    *,
+    result: SendResult | None = None,
+    error_code: str | None = None,
+) -> None:
+    """The payment link SMS has no message row: its `send` audit row says it was tried."""
+    with app.engine.begin() as conn:
+        record_answer(conn, target["borrower_id"], channel="sms", purpose="pay_link",
+                      template="voice_link", reply_id=reply_id, at=app.clock.now(),
+                      result=result, error_code=error_code)  # fmt: skip
