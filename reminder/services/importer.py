@@ -12,6 +12,10 @@ storage form (integer cents, ISO date strings): no ORM objects, no per-row type 
 A column absent from the file (or a key absent from a JSON record) keeps its stored value
 on update and takes its default on insert; a column present but empty sets the default.
 A key seen twice is applied twice, in file order: the later row wins.
+
+A stored borrower whose phone, email or consent a chunk changes gets a `contact` audit row
+in the chunk's transaction, naming the fields (never their values). It is found by comparing
+the written rows with the stored rows the chunk already fetched: no query of its own.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from sqlalchemy import Date, Engine, inspect
 
 from reminder.db import tables
 from reminder.errors import ConfigError, InputError
+from reminder.services import audit
 from reminder.services.import_rows import (
     Column,
     Kind,
@@ -50,6 +55,8 @@ MAX_REJECTIONS = 100_000  # kept in detail; beyond that only counted (bounded me
 _IN_BATCH = 10_000  # parameters per IN (...) list, well under SQLite's and libpq's limits
 
 _ANALYZE_AFTER = 10_000  # imported rows after which PostgreSQL statistics are refreshed
+# borrower fields whose change by an import is audited (contact addresses and consent)
+CONTACT_FIELDS = ("phone", "email", "consent_sms", "consent_email", "consent_voice")
 _first = itemgetter(0)
 Progress = Callable[[int, int], None]  # (bytes read, file size)
 Masks = list[Mask | None] | None  # per row; None when every row carries every field
@@ -408,6 +415,8 @@ class _Store:
             f"(LIKE {self.table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
         self.copy_sql = f"COPY {self.temp} ({', '.join(map(q, self.columns))}) FROM STDIN"
+        self.watched = [(kind.columns.index(name), name) for name in CONTACT_FIELDS
+                        if kind.name == "borrowers"]  # fmt: skip
 
     @cache  # noqa: B019 (one store per import: the cache dies with it)
     def upsert(self, mask: Mask | None) -> str:
@@ -448,10 +457,39 @@ class _Store:
                     rows, lines, masks = self._known_references(cursor, rows, lines, masks, report)
                 # one IN list on the first key column (installments: every seq of the loans)
                 stored = self._select_in(cursor, self.stored_sql, set(map(_first, rows)))
-                for mask, changed in self._classify(rows, masks, stored, report).items():
+                groups = self._classify(rows, masks, stored, report)
+                for mask, changed in groups.items():
                     self._upsert(cursor, mask, changed)
             finally:
                 cursor.close()
+            if self.watched and stored and groups:  # last: the audit lock is held to commit
+                audit.append_prepared(conn, self._contact_changes(stored, groups))
+
+    def _contact_changes(
+        self, stored: list[tuple[Any, ...]], groups: dict[Mask | None, list[tuple[Any, ...]]]
+    ) -> Iterator[audit.Prepared]:
+        """A `contact` event per stored borrower whose watched fields the chunk changed.
+
+        Only rows that differ from the stored ones are in `groups` (usually few on a
+        re-import), so this is one dict lookup per written row.
+        """
+        before = {values[0]: values for values in stored}
+        at = datetime.now(UTC)
+        details: dict[tuple[str, ...], audit.Prepared] = {}  # checked once per field set
+        for group in groups.values():
+            for values in group:
+                old = before.get(values[0])
+                if old is None:
+                    continue  # a new borrower: nothing changed
+                fields = tuple(name for i, name in self.watched if values[i] != old[i])
+                if not fields:
+                    continue
+                if fields not in details:
+                    details[fields] = audit.prepare({
+                        "kind": "contact", "at": at,
+                        "detail": {"source": "import", "fields": list(fields)},
+                    })  # fmt: skip
+                yield at, "contact", values[0], None, None, details[fields][5]
 
     def analyze(self, report: ImportReport) -> None:
         """After a large PostgreSQL import, refresh the planner's statistics of the table."""
