@@ -88,7 +88,11 @@ def describe(event: dict[str, Any], zone: tzinfo = UTC) -> str:
         detail.pop("run_date", None)
     else:
         text = ""
-    rest = ", ".join(f"{key} {value}" for key, value in sorted(detail.items()) if value is not None)
+    rest = ", ".join(
+        f"{key} {'+'.join(map(str, value)) if isinstance(value, list) else value}"
+        for key, value in sorted(detail.items())
+        if value is not None
+    )
     return f"{text}; {rest}" if text and rest else text or rest
 
 
