@@ -16,6 +16,8 @@ from sqlalchemy import Column, Connection, MetaData, String, Table, delete, func
 from reminder.db.sqlfn import ZERO, cents
 from reminder.db.tables import installments, loan_balances, loans, payments, stale_loans
 
+_ANALYZE_AFTER = 50_000  # refreshed loans
+
 refresh_ids = Table(
     "refresh_ids",
     MetaData(),
@@ -61,6 +63,10 @@ def refresh_balances(conn: Connection) -> int:
                     [c.name for c in loan_balances.c], _recomputed()
                 )
             )
+        if conn.dialect.name == "postgresql" and count >= _ANALYZE_AFTER:
+            # the first run after a large import: statistics from before it would make the
+            # planner read the rewritten table as nearly empty
+            conn.exec_driver_sql("ANALYZE loan_balances")
         return int(count)
     finally:
         refresh_ids.drop(conn, checkfirst=True)

@@ -135,13 +135,15 @@ def _state_columns(as_of: date, episode: Any, fell_due: Any, paid: Any) -> list[
     ]
 
 
-def open_loan_state(config: Config, as_of: date) -> Select[Any]:
+def open_loan_state(config: Config, as_of: date, paid_later: bool = True) -> Select[Any]:
     """`loan_state` restricted to the loans owing something up to D + lookahead.
 
     Read from `loan_balances` (brought up to date by `refresh_balances` first): the
     episode is the loan's oldest unpaid due date when its payments are all dated on or
     before D; only the loans paid after D (a run for an earlier date) go through the full
-    evaluation. The overdue part sums the open loans' installments due before D.
+    evaluation (`paid_later=False` says there are none: PostgreSQL would otherwise scan
+    every installment for them). The overdue part sums the open loans' installments due
+    before D.
     """
     d = as_date(literal(as_of))
     horizon = as_date(literal(as_of + timedelta(days=lookahead_days(config))))
@@ -164,8 +166,10 @@ def open_loan_state(config: Config, as_of: date) -> Select[Any]:
             loans.c.status != "closed",
         )
     )
-    paid_later = select(loan_balances.c.loan_id).where(loan_balances.c.last_paid_on > d)
-    _totals, episodes = _evaluation(config, as_of, paid_later)
+    if not paid_later:
+        return current
+    later = select(loan_balances.c.loan_id).where(loan_balances.c.last_paid_on > d)
+    _totals, episodes = _evaluation(config, as_of, later)
     in_full = (
         select(
             episodes.c.loan_id,
@@ -237,11 +241,15 @@ def evaluated_day(conn: Connection, config: Config, as_of: date) -> Iterator[Non
     planning, placement and the stage counts then read it instead of evaluating again.
     """
     refresh_balances(conn)
+    paid_later = conn.execute(
+        select(literal(1)).where(loan_balances.c.last_paid_on > as_date(literal(as_of))).limit(1)
+    ).first()
     day_state.drop(conn, checkfirst=True)
     day_state.create(conn)
     conn.execute(
         insert(day_state).from_select(
-            [c.name for c in day_state.c], open_loan_state(config, as_of)
+            [c.name for c in day_state.c],
+            open_loan_state(config, as_of, paid_later=paid_later is not None),
         )
     )
     conn.exec_driver_sql("ANALYZE day_state")
