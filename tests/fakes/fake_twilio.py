@@ -2,12 +2,14 @@
 
 It does what a Prism mock cannot: Twilio error codes (21610, 21211), 429 with Retry-After, 5xx,
 responses slower than the client's timeout, dropped connections, seeded random failures,
-status callbacks, and a log of every accepted message to check for duplicate sends.
+status callbacks, a time-bounded fault phase (an outage, then the recovery), and a log of
+every accepted message to check for duplicate sends.
 
 Faults apply to create requests only (``POST .../Messages.json`` and ``.../Calls.json``); a
-per-recipient rule wins over the next-N queue, which wins over random failures. A "slow" or
-"dropped" fault with ``accept=True`` records the message first: the provider took it, the
-client never heard back, which is the case duplicate-send tests need.
+per-recipient rule wins over the next-N queue, which wins over random failures and the fault
+phase. A "slow" or "dropped" fault with ``accept=True`` records the message first: the
+provider took it, the client never heard back, which is the case duplicate-send tests need;
+a "late" fault records it only after the hold, when the client has already given up.
 
 In process::
 
@@ -17,7 +19,12 @@ In process::
 
 As a process (prints ``listening on http://127.0.0.1:PORT``; JSON lines appended per accept)::
 
-    python -m tests.fakes.fake_twilio --port 0 --latency-ms 50 --log /tmp/accepted.jsonl
+    python -m tests.fakes.fake_twilio --port 0 --latency-ms 50 --log /tmp/accepted.jsonl \
+        --fault-rate 0.3 --fault-seconds 60 --slow-seconds 2.5
+
+Control endpoints (no auth; not Twilio's): ``GET /_fake/stats`` answers ``stats()`` as JSON,
+``POST /_fake/faults`` with a JSON ``{"p", "seconds", "seed", "slow_seconds"}`` starts a
+fault phase (``fail_for``).
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import signal
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -42,9 +49,11 @@ from urllib.parse import parse_qs, urlsplit
 from tests.fakes.twilio_wire import (
     Accepted,
     Fault,
+    FaultPhase,
     duplicate_callbacks,
     duplicate_pairs,
     error_body,
+    fault_label,
     list_page,
     new_resource,
     post_status_callbacks,
@@ -52,8 +61,8 @@ from tests.fakes.twilio_wire import (
     read_log,
 )
 
-__all__ = ["ACCOUNT_SID", "AUTH_TOKEN", "Accepted", "FakeTwilio", "Fault", "duplicate_callbacks",
-           "duplicate_pairs", "read_log"]
+__all__ = ["ACCOUNT_SID", "AUTH_TOKEN", "Accepted", "FakeTwilio", "Fault", "FaultPhase",
+           "duplicate_callbacks", "duplicate_pairs", "read_log"]
 
 ACCOUNT_SID = "AC" + "0" * 32
 AUTH_TOKEN = "fake-auth-token"
@@ -90,7 +99,9 @@ class FakeTwilio:
         self._next: deque[Fault] = deque()
         self._by_recipient: dict[str, list[Any]] = {}
         self._random: tuple[float, random.Random, float] | None = None
+        self._phase: FaultPhase | None = None
         self.create_requests = 0
+        self.faults: Counter[str] = Counter()  # every fault applied, by `fault_label`
         self._server = _Server(("127.0.0.1", port), _Handler)
         self._server.fake = self
         serve = self._server.serve_forever
@@ -145,12 +156,32 @@ class FakeTwilio:
         with self._lock:
             self._random = (p, random.Random(seed), slow_seconds)
 
+    def fail_for(self, p: float, seconds: float, seed: int = 0, slow_seconds: float = 2.0,
+                 ) -> None:  # fmt: skip
+        """Start a fault phase (see ``FaultPhase``): for ``seconds`` from the next create, a
+        fraction ``p`` fails with a mix of 429, 500 and timeouts; then the provider recovers."""
+        with self._lock:
+            self._phase = FaultPhase(p, seconds, seed=seed, slow_seconds=slow_seconds)
+
     def clear_faults(self) -> None:
         """Forget every programmed fault."""
         with self._lock:
             self._next.clear()
             self._by_recipient.clear()
             self._random = None
+            self._phase = None
+
+    def stats(self) -> dict[str, Any]:
+        """Create requests, accepted messages and calls, faults by kind, the fault phase."""
+        with self._lock:
+            phase = self._phase
+            return {
+                "create_requests": self.create_requests, "accepted": len(self._accepted),
+                "faults": dict(self.faults),
+                "phase": None if phase is None else {
+                    "p": phase.p, "seconds": phase.seconds, "started_at": phase.started_at,
+                    "ended": phase.ended(time.time())},
+            }  # fmt: skip
 
     @property
     def accepted(self) -> list[Accepted]:
@@ -181,17 +212,23 @@ class FakeTwilio:
     def _pick_fault(self, to: str) -> Fault | None:
         with self._lock:
             self.create_requests += 1
-            rule = self._by_recipient.get(to)
-            if rule and rule[1] != 0:
-                rule[1] = None if rule[1] is None else rule[1] - 1
-                return rule[0]
-            if self._next:
-                return self._next.popleft()
-            if self._random and self._random[1].random() < self._random[0]:
-                choice = self._random[1].choice(["429", "500", "slow"])
-                return {"429": Fault.rate_limited(), "500": Fault.server_error(),
-                        "slow": Fault.slow(self._random[2])}[choice]
-            return None
+            fault = self._choose_fault(to)
+            if fault is not None:
+                self.faults[fault_label(fault)] += 1
+            return fault
+
+    def _choose_fault(self, to: str) -> Fault | None:
+        rule = self._by_recipient.get(to)
+        if rule and rule[1] != 0:
+            rule[1] = None if rule[1] is None else rule[1] - 1
+            return rule[0]
+        if self._next:
+            return self._next.popleft()
+        if self._random and self._random[1].random() < self._random[0]:
+            choice = self._random[1].choice(["429", "500", "slow"])
+            return {"429": Fault.rate_limited(), "500": Fault.server_error(),
+                    "slow": Fault.slow(self._random[2])}[choice]
+        return self._phase.pick(time.time()) if self._phase else None
 
     def _create(self, res: str, form: dict[str, str]) -> dict[str, Any]:
         kind = "message" if res == "Messages" else "call"
@@ -251,6 +288,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length).decode() if length else ""
         url = urlsplit(self.path)
+        if url.path.startswith("/_fake/"):
+            return self._control(method, url.path, raw)
         form = {k: v[0] for k, v in parse_qs(raw or url.query, keep_blank_values=True).items()}
         fake._stopping.wait(fake._latency)
         expected = f"{fake.account_sid}:{fake.auth_token}".encode()
@@ -273,7 +312,8 @@ class _Handler(BaseHTTPRequestHandler):
         if fault and fault.kind == "error":
             extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after else {}
             return self._error(fault.status, fault.code or fault.status, fault.message, **extra)
-        resource = fake._create(match["res"], form) if not fault or fault.accept else None
+        on_arrival = not fault or (fault.accept and fault.kind != "late")
+        resource = fake._create(match["res"], form) if on_arrival else None
         if fault and fault.kind == "drop":
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
@@ -282,7 +322,23 @@ class _Handler(BaseHTTPRequestHandler):
             fake._stopping.wait(fault.delay)
             if resource is None:
                 return self._error(503, 20503, "Service Unavailable")
+        if fault and fault.kind == "late":
+            if fake._stopping.wait(fault.delay):
+                return None  # shutting down: the log is closed
+            resource = fake._create(match["res"], form)
         return self._send(201, resource or {})
+
+    def _control(self, method: str, path: str, raw: str) -> None:
+        """The fake's own endpoints: read the figures, start a fault phase."""
+        fake = self.server.fake
+        if method == "GET" and path == "/_fake/stats":
+            return self._send(200, fake.stats())
+        if method == "POST" and path == "/_fake/faults":
+            spec = json.loads(raw or "{}")
+            fake.fail_for(float(spec["p"]), float(spec["seconds"]), int(spec.get("seed", 0)),
+                          float(spec.get("slow_seconds", 2.0)))  # fmt: skip
+            return self._send(200, fake.stats())
+        return self._error(404, 20404, f"The requested resource {path} was not found")
 
     def _get(self, sid: str | None, query: dict[str, str], path: str) -> None:
         fake = self.server.fake
@@ -305,10 +361,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--account-sid", default=ACCOUNT_SID)
     parser.add_argument("--auth-token", default=AUTH_TOKEN)
     parser.add_argument("--status-callback-base", default=None)
+    parser.add_argument("--fault-rate", type=float, default=0.0,
+                        help="fault phase: the fraction of creates that fail")
+    parser.add_argument("--fault-seconds", type=float, default=60.0,
+                        help="fault phase: how long, from the first create request")
+    parser.add_argument("--fault-seed", type=int, default=0)
+    parser.add_argument("--slow-seconds", type=float, default=2.0,
+                        help="fault phase: how long a timeout holds the request")
     args = parser.parse_args(argv)
     fake = FakeTwilio(args.account_sid, args.auth_token, port=args.port,
                       latency=args.latency_ms / 1000, log_path=args.log,
                       status_callback_base=args.status_callback_base)
+    if args.fault_rate:
+        fake.fail_for(args.fault_rate, args.fault_seconds, args.fault_seed, args.slow_seconds)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     fake.start()

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import secrets
 import urllib.request
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
@@ -30,7 +31,7 @@ API_PREFIX = "/2010-04-01/Accounts/"
 class Fault:
     """One programmed failure. Build with the class methods rather than by hand."""
 
-    kind: str  # "error" (an HTTP error with Twilio's JSON body), "slow" or "drop"
+    kind: str  # "error" (an HTTP error with Twilio's JSON body), "slow", "late" or "drop"
     status: int = 500
     code: int | None = None
     message: str = ""
@@ -69,9 +70,65 @@ class Fault:
         return cls("slow", delay=seconds, accept=accept)
 
     @classmethod
+    def late(cls, seconds: float) -> Fault:
+        """Hold the request ``seconds``, then accept it: the provider took the message after
+        the client gave up, so a lookup right after the timeout does not find it yet."""
+        return cls("late", delay=seconds, accept=True)
+
+    @classmethod
     def dropped(cls, accept: bool = False) -> Fault:
         """Close the socket without answering; ``accept`` records the message first."""
         return cls("drop", accept=accept)
+
+
+def fault_label(fault: Fault) -> str:
+    """A fault's kind as the fake counts it: "429", "500", "timeout_taken" (accepted, then
+    answered too late), "timeout_late" (accepted after the client gave up), "timeout_lost"
+    (never accepted), "drop" / "drop_taken"."""
+    if fault.kind == "error":
+        return str(fault.status)
+    if fault.kind == "slow":
+        return "timeout_taken" if fault.accept else "timeout_lost"
+    if fault.kind == "late":
+        return "timeout_late"
+    return "drop_taken" if fault.accept else "drop"
+
+
+@dataclass
+class FaultPhase:
+    """An outage, then the recovery: for ``seconds`` from the first create request after it
+    is set, a fraction ``p`` of creates fail with a seeded mix of 429 (Retry-After), 500 and
+    timeouts (held ``slow_seconds``; a third accepted on arrival, a third accepted after the
+    hold, a third never accepted); after that, none."""
+
+    p: float
+    seconds: float
+    seed: int = 0
+    slow_seconds: float = 2.0
+    retry_after: int = 1
+    started_at: float | None = None
+    rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def pick(self, now: float) -> Fault | None:
+        """The fault for a create arriving at ``now`` (time.time()), or None."""
+        if self.started_at is None:
+            self.started_at = now
+        if now - self.started_at >= self.seconds or self.rng.random() >= self.p:
+            return None
+        kind = self.rng.choice(["429", "500", "timeout"])
+        if kind == "timeout":
+            kind = self.rng.choice(["timeout_taken", "timeout_late", "timeout_lost"])
+        return {"429": Fault.rate_limited(self.retry_after), "500": Fault.server_error(),
+                "timeout_taken": Fault.slow(self.slow_seconds),
+                "timeout_late": Fault.late(self.slow_seconds),
+                "timeout_lost": Fault.slow(self.slow_seconds, accept=False)}[kind]
+
+    def ended(self, now: float) -> bool:
+        """Whether the phase has started and is over."""
+        return self.started_at is not None and now - self.started_at >= self.seconds
 
 
 @dataclass(frozen=True)

@@ -213,6 +213,36 @@ def test_random_faults_are_mixed_and_repeat_for_the_same_seed():
     assert {"queued", "429", "500", "timeout"} <= set(first)
 
 
+def test_a_late_accept_is_not_listed_until_after_the_clients_timeout(fake: FakeTwilio):
+    fake.fail_next(Fault.late(0.6))
+    with pytest.raises(requests.exceptions.Timeout):
+        send(make_client(fake, timeout=0.2), body="late")
+    assert fake.messages == []  # a lookup right after the timeout finds nothing...
+    [record] = fake.wait_for(1, timeout=3)  # ...yet the provider takes it
+    assert record.body == "late" and fake.stats()["faults"] == {"timeout_late": 1}
+
+
+def test_a_fault_phase_fails_a_mix_then_recovers(fake: FakeTwilio):
+    control = f"{fake.base_url}/_fake/faults"
+    requests.post(control, json={"p": 1.0, "seconds": 0.8, "seed": 3, "slow_seconds": 0.3},
+                  timeout=5).raise_for_status()  # fmt: skip
+    client, seen = make_client(fake, timeout=0.1), []
+    started = time.monotonic()
+    while time.monotonic() - started < 0.8:
+        try:
+            seen.append(send(client, body=str(len(seen))).status)
+        except TwilioRestException as exc:
+            seen.append(str(exc.status))
+        except requests.exceptions.Timeout:
+            seen.append("timeout")
+    assert "queued" not in seen and {"429", "500"} <= set(seen)
+    assert send(client, body="after").status == "queued"  # recovered
+    stats = requests.get(f"{fake.base_url}/_fake/stats", timeout=5).json()
+    assert sum(stats["faults"].values()) == len(seen) and stats["phase"]["ended"]
+    assert set(stats["faults"]) <= {"429", "500", "timeout_taken", "timeout_late",
+                                    "timeout_lost"}  # fmt: skip
+
+
 def test_duplicate_helpers_spot_a_repeated_send(fake: FakeTwilio, client: Client):
     send(client, body="once", status_callback="https://x.test/s?id=1")
     send(client, body="twice", status_callback="https://x.test/s?id=2")
