@@ -7,7 +7,8 @@ Our reference travels in the StatusCallback URL (`?ref=`), never a phone number 
 so the status webhook can find the rows. The message list API does not echo that URL back,
 so `lookup()` (crash reconciliation, and the check after an ambiguous timeout) matches the
 one field we control that it does return: the exact body, sent to this number since the
-message was claimed.
+message was claimed. A timeout the lookup cannot settle is `UnconfirmedSendError`, never
+retried on the spot: Twilio may still be taking a request its client gave up on.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -30,7 +32,12 @@ from twilio.rest import Client
 
 from integrations.credentials import TwilioCredentials, channel_setting
 from reminder.config import Config
-from reminder.errors import ConfigError, PermanentSendError, TransientSendError
+from reminder.errors import (
+    ConfigError,
+    PermanentSendError,
+    TransientSendError,
+    UnconfirmedSendError,
+)
 from reminder.ports import OutgoingMessage, SendResult
 
 log = logging.getLogger(__name__)
@@ -136,6 +143,23 @@ def ambiguous(exc: Exception) -> bool:
     )
 
 
+def confirm(find: Callable[[], SendResult | None], exc: Exception,
+            http: HeaderKeepingHttpClient) -> SendResult:  # fmt: skip
+    """After an ambiguous failure: what Twilio lists for the send, else UnconfirmedSendError.
+
+    Not found is no proof: the request may still be in Twilio's hands (it takes what its
+    client gave up on), so the send is left to reconciliation rather than retried now.
+    """
+    try:
+        found = find()
+    except (TwilioException, requests.RequestException):
+        found = None  # the lookup failed too: still unconfirmed
+    if found is not None:
+        return found
+    error = translate(exc, http)
+    raise UnconfirmedSendError(f"{error}; not listed by Twilio yet", error.code) from exc
+
+
 class TwilioSmsSender:
     """SmsSender over Twilio's Messages resource."""
 
@@ -166,9 +190,8 @@ class TwilioSmsSender:
             )
         except (TwilioException, requests.RequestException) as exc:
             if ambiguous(exc):
-                found = self._find(message, started - timedelta(seconds=5))
-                if found is not None:
-                    return found
+                since = started - timedelta(seconds=5)
+                return confirm(lambda: self._find(message, since), exc, self.http)
             raise translate(exc, self.http) from exc
         return SendResult(provider=self.provider, provider_id=created.sid)
 

@@ -19,7 +19,7 @@ import requests
 from twilio.base.exceptions import TwilioException
 
 from integrations.credentials import channel_setting
-from integrations.twilio_sms import ambiguous, callback_url, make_client, translate
+from integrations.twilio_sms import ambiguous, callback_url, confirm, make_client, translate
 from reminder.config import Config
 from reminder.errors import ConfigError
 from reminder.ports import OutgoingMessage, SendResult
@@ -53,9 +53,8 @@ class TwilioVoiceCaller:
             )  # no StatusCallbackEvent: Twilio's default is "completed" only, what we want
         except (TwilioException, requests.RequestException) as exc:
             if ambiguous(exc):
-                found = self._find(message, started - timedelta(seconds=5))
-                if found is not None:
-                    return found
+                since = started - timedelta(seconds=5)
+                return confirm(lambda: self._find(message, since), exc, self.http)
             raise translate(exc, self.http) from exc
         return SendResult(provider=self.provider, provider_id=call.sid)
 

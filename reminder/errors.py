@@ -5,6 +5,7 @@
     ├── InputError             a user-supplied file or argument is unusable         -> exit 2
     ├── SendError              a provider refused or failed a send
     │   ├── TransientSendError     timeouts, 429, 5xx: retried with backoff
+    │   │   └── UnconfirmedSendError   may have reached the provider: looked up, not resent
     │   └── PermanentSendError     invalid number, unsubscribed: never retried
     ├── TransportError         an agency transport failed (folder, SFTP, HTTPS)
     └── RunInProgress          another live process holds the lease on a day's run   -> exit 1
@@ -51,6 +52,16 @@ class TransientSendError(SendError):
     ) -> None:
         self.retry_after = retry_after
         super().__init__(message, code)
+
+
+class UnconfirmedSendError(TransientSendError):
+    """The request may have reached the provider (a timeout, a dropped connection after it
+    left) and a lookup has not found it yet: the provider may still be taking it.
+
+    Never retried at once: the dispatcher hands the message to reconciliation, which looks
+    it up again once the provider's listing has caught up (the channel's lookup window) and
+    sends it again only if the provider still does not have it.
+    """
 
 
 class PermanentSendError(SendError):

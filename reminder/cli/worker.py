@@ -23,34 +23,43 @@ from reminder.cli.common import command, emit_json, out_console, state
 from reminder.db.migrate import upgrade_to_head
 from reminder.rendering import check_templates
 from reminder.services.dispatch import DispatchReport, dispatch_due
+from reminder.services.recording import one_line
 
 log = logging.getLogger(__name__)
 DEFAULT_INTERVAL = 5.0
+MAX_BACKOFF = 60.0  # seconds between passes at most while passes keep failing
 
 
 def work(app: App, *, once: bool = False, interval: float = DEFAULT_INTERVAL,
          stop: threading.Event | None = None) -> DispatchReport:  # fmt: skip
     """Dispatch passes every `interval` seconds until `stop` is set (or one, with `once`).
 
-    A pass that fails (the database went away for a moment, say) is logged and the next
-    one tried: a worker must outlive a bad pass, and the crash reconciliation at the start
-    of every pass settles whatever the failed one left in `sending`. The stop is checked
-    between passes, so a pass in flight always finishes and records what it sent.
+    A pass that fails (the database went away for a moment, say) is logged in one line
+    (no SQL, no parameters: they may hold a phone number) and the next one tried after a
+    backoff that doubles while passes keep failing: a worker must outlive a bad pass, and
+    the crash reconciliation at the start of every pass settles whatever the failed one
+    left in `sending`. The stop is checked between passes, so a pass in flight always
+    finishes and records what it sent.
 
     Returns:
         The counts of every pass added up.
     """
     stop = stop or threading.Event()
     total = DispatchReport()
+    failures = 0
     while True:
+        pause = interval
         try:
             total.add(dispatch_due(app))
+            failures = 0
         except Exception as exc:  # the loop outlives a pass; `--once` reports it
             if once:
                 raise
-            log.exception("dispatch pass failed")
-            total.errors.append(f"pass failed: {type(exc).__name__}: {exc}")
-        if once or stop.wait(interval):
+            failures += 1
+            pause = min(MAX_BACKOFF, interval * 2 ** (failures - 1))
+            log.error("dispatch pass failed (%s); next in %.1f s", one_line(exc), pause)
+            total.errors.append(f"pass failed: {one_line(exc)}")
+        if once or stop.wait(pause):
             return total
 
 

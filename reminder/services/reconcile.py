@@ -2,19 +2,29 @@
 
 A crash can fall between the provider accepting a message and our commit, so a row in
 `sending` is never sent again blindly. Its claim is *stale* when the claiming process is
-gone (same host, pid not running) or the claim is older than `STALE_AFTER`. Then the
+gone (same host, pid not running), the claiming pass of this very process is over (it
+failed: the database went away, say), or the claim is older than `STALE_AFTER`. Then the
 adapter's `lookup(message, since)` is asked: found -> `sent` with the provider's id; not
 found -> retried on later passes while the provider's listing may still lag
 (`lookup_window`), after that -> `unknown` with a note for a person. Adapters without a
 lookup (SendGrid, SMTP) go straight to `unknown`: only a person can tell.
+
+A send that timed out and was not found at once is handed over the same way, released
+with error code `unconfirmed` and the attempt's start as `updated_at`. For it the window
+is measured from a known attempt, so not found after the window means not taken: it goes
+back to `planned` and is sent again.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import secrets
 import socket
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,20 +45,47 @@ UNKNOWN_NOTE = (
 )
 
 
+UNCONFIRMED = "unconfirmed"  # error_code of a send released after an unsettled timeout
+RESEND_NOTE = "{error}; not listed by the provider {window:.0f} s later: sent again"
+_running: set[str] = set()  # the claim names of this process's passes in progress
+_numbers = itertools.count(1)
+_incarnation = secrets.token_hex(3)  # a restarted process may get its predecessor's pid
+
+
 @dataclass
 class Reconciled:
     sent: int = 0
     unknown: int = 0
     waiting: int = 0
+    retried: int = 0
+
+
+@contextmanager
+def claim_name() -> Iterator[str]:
+    """The `claimed_by` of one dispatcher pass, `host:pid#x-n`, live while the pass runs.
+
+    Once the pass is over, however it ended, what it left in `sending` is stale at once,
+    though the process lives on: a worker whose pass failed settles it on the next pass
+    instead of waiting `STALE_AFTER`.
+    """
+    name = f"{socket.gethostname()}:{os.getpid()}#{_incarnation}-{next(_numbers)}"
+    _running.add(name)
+    try:
+        yield name
+    finally:
+        _running.discard(name)
 
 
 def _alive(worker: str | None) -> bool:
-    """Whether the process named `host:pid` may still be working on its claim."""
+    """Whether the process (or pass) named `host:pid[#x-n]` may still work on its claim."""
     if not worker or ":" not in worker:
         return False
-    host, _, pid = worker.rpartition(":")
+    process, _, number = worker.partition("#")
+    host, _, pid = process.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return True  # another machine: only the age of the claim can tell
+    if int(pid) == os.getpid() and number:
+        return worker in _running
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -121,25 +158,45 @@ def reconcile_sending(app: App, now: datetime) -> Reconciled:
             if found is None and now - claimed_at < _window(app, channel, sender):
                 done.waiting += len(group)
                 continue
-        ids = [row["id"] for row in group]
         with app.engine.begin() as conn:
-            record_messages_on_commit(conn, "send", ids, now, source="reconcile")
-            if found is not None:
-                _set(conn, ids, now, status="sent", provider=found.provider,
-                     provider_id=found.provider_id, sent_at=claimed_at,
-                     error="reconciled after a crash: the provider had accepted it")  # fmt: skip
-                done.sent += len(ids)
-            else:
-                _set(conn, ids, now, status="unknown", error_code="unknown",
-                     error=UNKNOWN_NOTE.format(how=how, ref=reference))  # fmt: skip
-                done.unknown += len(ids)
-                log.warning("message %s left unknown after a crash", reference)
+            _settle(conn, group, found, how, now, done, _window(app, channel, sender))
     return done
 
 
-def _set(conn: Connection, ids: list[int], now: datetime, **values: Any) -> None:
-    conn.execute(
-        update(messages)
-        .where(messages.c.id.in_(ids), messages.c.status == "sending")
-        .values(updated_at=now, **values)
-    )
+def _settle(conn: Connection, group: list[dict[str, Any]], found: SendResult | None, how: str,
+            now: datetime, done: Reconciled, window: timedelta) -> None:  # fmt: skip
+    """Record the verdict on one stale group: sent, sent again (unconfirmed), or unknown."""
+    ids, first = [row["id"] for row in group], group[0]
+    reference = first["batch_key"] or f"row-{first['id']}"
+    unconfirmed = first["error_code"] == UNCONFIRMED
+    record_messages_on_commit(conn, "send", ids, now, source="reconcile")
+    if found is not None:
+        note = ("the provider had accepted it (found after a timeout)" if unconfirmed
+                else "reconciled after a crash: the provider had accepted it")  # fmt: skip
+        _set(conn, group, now, status="sent", provider=found.provider, error_code=None,
+             provider_id=found.provider_id, error=note,
+             sent_at=min(row["updated_at"] for row in group))  # fmt: skip
+        done.sent += len(ids)
+    elif unconfirmed and how == "does not list it":
+        note = RESEND_NOTE.format(error=first["error"] or "timeout",
+                                  window=window.total_seconds())  # fmt: skip
+        _set(conn, group, now, status="planned", not_before=now, error=note[:500],
+             error_code="timeout")  # fmt: skip
+        done.retried += len(ids)
+    else:
+        _set(conn, group, now, status="unknown", error_code="unknown",
+             error=UNKNOWN_NOTE.format(how=how, ref=reference))  # fmt: skip
+        done.unknown += len(ids)
+        log.warning("message %s left unknown after a crash", reference)
+
+
+def _set(conn: Connection, group: list[dict[str, Any]], now: datetime, **values: Any) -> None:
+    """Move rows still `sending` under the claim we judged (another worker's new claim of a
+    row we sent back to `planned` is not ours to touch)."""
+    for row in group:
+        conn.execute(
+            update(messages)
+            .where(messages.c.id == row["id"], messages.c.status == "sending",
+                   messages.c.claimed_by.is_not_distinct_from(row["claimed_by"]))
+            .values(updated_at=now, **values)
+        )  # fmt: skip

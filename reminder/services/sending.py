@@ -3,8 +3,11 @@
 Runs in the dispatcher's worker threads and never touches the database: the orchestrator
 records outcomes. Transient errors are retried with tenacity (exponential backoff with
 full jitter, a Retry-After from the provider is a floor, bounded by attempts and by total
-time); anything else is returned at once. Every attempt first takes a token from the
-channel's limiter, so retries count against `rate_per_second` too.
+time); anything else is returned at once, and so is an `UnconfirmedSendError` (the provider
+may still be taking the message: reconciliation looks it up later). Every attempt first
+takes a token from the channel's limiter, so retries count against `rate_per_second` too;
+a limiter that fails (its database connection dropped) is a transient error of its own:
+nothing left, so the attempt is simply tried again.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, retry_if_exception_type
+from tenacity import RetryCallState, Retrying, retry_if_exception
 
-from reminder.errors import SendError, TransientSendError
+from reminder.errors import SendError, TransientSendError, UnconfirmedSendError
 from reminder.ports import OutgoingMessage, Sender, SendResult
 
 
@@ -123,31 +126,50 @@ class Outcome:
     result: SendResult | None = None
     error: SendError | None = None
     attempts: int = 1
+    attempted: float = 0.0  # time.monotonic() when the last attempt started
+
+
+LIMITER = "limiter"  # the code of a TransientSendError raised before any request left
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Transient, and certainly not taken by the provider (an unconfirmed send waits)."""
+    return isinstance(exc, TransientSendError) and not isinstance(exc, UnconfirmedSendError)
+
+
+def _acquire(limiter: RateLimiter) -> None:
+    """Take a token; a limiter failure means nothing was sent, so it is worth a retry."""
+    try:
+        limiter.acquire()
+    except Exception as exc:  # the shared limiter's database went away for a moment
+        raise TransientSendError(f"rate limiter: {type(exc).__name__}", LIMITER) from exc
 
 
 def deliver(sender: Sender, limiter: RateLimiter, prepared: Prepared,
             policy: RetryPolicy) -> Outcome:  # fmt: skip
     """Send with retries; never raises a SendError (it comes back in the Outcome)."""
     retrying = Retrying(
-        retry=retry_if_exception_type(TransientSendError),
+        retry=retry_if_exception(_retryable),
         wait=policy.wait,
         stop=policy.stop,
         sleep=policy.sleep,
         reraise=True,
     )
+    started = time.monotonic()
     try:
         for attempt in retrying:
             with attempt:
-                limiter.acquire()
+                _acquire(limiter)
+                started = time.monotonic()
                 result = sender.send(prepared.outgoing)
         number = retrying.statistics.get("attempt_number", 1)
-        return Outcome(prepared, result=result, attempts=number)
+        return Outcome(prepared, result=result, attempts=number, attempted=started)
     except SendError as exc:
         number = retrying.statistics.get("attempt_number", 1)
-        return Outcome(prepared, error=exc, attempts=number)
+        return Outcome(prepared, error=exc, attempts=number, attempted=started)
     except Exception as exc:  # an adapter bug must not kill the pass; it may have sent:
         error = SendError(f"adapter error: {type(exc).__name__}: {exc}", "adapter")
-        return Outcome(prepared, error=error)  # neither kind: recorded `unknown`
+        return Outcome(prepared, error=error, attempted=started)  # recorded `unknown`
 
 
 class BatchSender(Protocol):
@@ -174,7 +196,7 @@ def deliver_batch(sender: BatchSender, limiter: RateLimiter, batch: list[Prepare
         for attempt in retrying:
             with attempt:
                 for _ in batch:
-                    limiter.acquire()
+                    _acquire(limiter)
                 results = sender.send_batch([p.outgoing for p in batch])
                 if results and all(_refused(r) for r in results):
                     raise results[0]  # type: ignore[misc]
@@ -195,5 +217,9 @@ def deliver_batch(sender: BatchSender, limiter: RateLimiter, batch: list[Prepare
 
 
 def _refused(value: object) -> bool:
-    """A transient error in which the provider plainly took nothing (429 or 5xx)."""
-    return isinstance(value, TransientSendError) and (value.code or "").isdigit()
+    """A transient error in which the provider plainly took nothing (429, 5xx, or the rate
+    limiter failing before the request left)."""
+    if not isinstance(value, TransientSendError):
+        return False
+    code = value.code or ""
+    return code.isdigit() or code == LIMITER

@@ -13,7 +13,12 @@ import pytest
 from integrations.twilio_sms import TwilioSmsSender
 from reminder.bootstrap import bootstrap
 from reminder.config import ChannelConfig, Config
-from reminder.errors import ConfigError, PermanentSendError, TransientSendError
+from reminder.errors import (
+    ConfigError,
+    PermanentSendError,
+    TransientSendError,
+    UnconfirmedSendError,
+)
 from reminder.ports import OutgoingMessage
 from tests.fakes.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio, Fault
 
@@ -116,6 +121,17 @@ def test_a_slow_failure_that_took_nothing_is_a_transient_timeout(sender, fake):
     with pytest.raises(TransientSendError) as caught:
         sender.send(message())
     assert caught.value.code == "timeout" and fake.messages == []
+
+
+def test_a_timeout_twilio_takes_only_after_the_client_gave_up_is_unconfirmed(sender, fake):
+    fake.fail_next(Fault.late(1.5))
+    started = datetime.now(UTC)
+    with pytest.raises(UnconfirmedSendError) as caught:  # not found yet: never retried now
+        sender.send(message())
+    assert caught.value.code == "timeout" and fake.messages == []
+    [accepted] = fake.wait_for(1, timeout=5)
+    found = sender.lookup(message(), started)  # what reconciliation asks, later
+    assert found is not None and found.provider_id == accepted.sid
 
 
 def test_lookup_finds_the_exact_body_sent_to_the_number_since_the_claim(sender, fake):
