@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from reminder.bootstrap import App
 from reminder.db.tables import replies
 from reminder.domain.intents import Intent, parse_reply
-from reminder.errors import PermanentSendError, ReminderError
+from reminder.errors import PermanentSendError, ReminderError, UnconfirmedSendError
 from reminder.ports import OutgoingMessage, SendResult
 from reminder.services import contact_changes as changes
 from reminder.services.audit_records import record_answer
@@ -282,7 +282,8 @@ def _send_answer(app: App, outcome: ReplyOutcome) -> ReplyOutcome:
     except ReminderError as exc:
         log.warning("auto-reply to %s not sent: %s", mask(answer.to), exc)
         with app.engine.begin() as conn:
-            _record_answer(conn, app, outcome, error_code=getattr(exc, "code", None))
+            _record_answer(conn, app, outcome, error_code=getattr(exc, "code", None),
+                           status=failed_status(exc))  # fmt: skip
         return outcome
     except Exception:  # an adapter bug must not turn a recorded reply into a 500
         log.exception("auto-reply to %s failed", mask(answer.to))
@@ -292,6 +293,12 @@ def _send_answer(app: App, outcome: ReplyOutcome) -> ReplyOutcome:
     with app.engine.begin() as conn:
         _record_answer(conn, app, outcome, result=result)
     return replace(outcome, sent=True)
+
+
+def failed_status(exc: Exception) -> str:
+    """`unknown` when the provider may have taken the send after all (it is not retried
+    here), else `failed`."""
+    return "unknown" if isinstance(exc, UnconfirmedSendError) else "failed"
 
 
 def _record_answer(conn: Connection, app: App, outcome: ReplyOutcome, *,

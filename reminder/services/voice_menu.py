@@ -25,7 +25,7 @@ from reminder.ports import OutgoingMessage, SendResult
 from reminder.services import contact_changes as changes
 from reminder.services.audit_records import record_answer
 from reminder.services.borrower_match import mask
-from reminder.services.replies import borrower_today
+from reminder.services.replies import borrower_today, failed_status
 from reminder.services.reply_texts import ReplyTexts
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,8 @@ def _pay_link(
         result = app.sender("sms").send(message)
     except ReminderError as exc:
         log.warning("payment link to %s not sent: %s", mask(target["phone"]), exc)
-        _record_link(app, target, reply_id, error_code=getattr(exc, "code", None))
+        _record_link(app, target, reply_id, error_code=getattr(exc, "code", None),
+                     status=failed_status(exc))  # fmt: skip
         return texts.render("voice_link_spoken", locale)
     _record_link(app, target, reply_id, result=result)
     return texts.render("voice_link_sent", locale)
@@ -190,9 +191,10 @@ def _record_link(
     *,
     result: SendResult | None = None,
     error_code: str | None = None,
+    status: str | None = None,
 ) -> None:
     """The payment link SMS has no message row: its `send` audit row says it was tried."""
     with app.engine.begin() as conn:
         record_answer(conn, target["borrower_id"], channel="sms", purpose="pay_link",
                       template="voice_link", reply_id=reply_id, at=app.clock.now(),
-                      result=result, error_code=error_code)  # fmt: skip
+                      result=result, error_code=error_code, status=status)  # fmt: skip

@@ -22,7 +22,7 @@ from reminder.cli import app as cli_app
 from reminder.clock import FixedClock
 from reminder.config import Config
 from reminder.db.tables import audit_log, messages, payments, promises
-from reminder.errors import PermanentSendError, SendError
+from reminder.errors import PermanentSendError, SendError, UnconfirmedSendError
 from reminder.ports import OutgoingMessage, SendResult
 from reminder.services import audit
 from reminder.services.daily_run import RunOptions, run_day
@@ -194,6 +194,16 @@ def test_a_refused_auto_reply_is_recorded_as_failed_with_the_providers_code(
     assert (send.detail["status"], send.detail["error_code"], send.detail["provider_id"]) == (
         "failed", "21610", None)
     assert [row.detail["flag"] for row in _events(app.engine, "flag")] == ["opt_out"]
+    assert _intact(app.engine)
+
+
+def test_an_auto_reply_the_provider_may_have_taken_is_recorded_as_unknown(
+    app: App, sms: FakeSender
+) -> None:
+    sms.errors = [UnconfirmedSendError("timed out; not listed by Twilio yet")]
+    handle_reply(app, InboundReply(channel="sms", sender=PHONE, body="HELP", provider_ref="SMr4"))
+    (send,) = _events(app.engine, "send")
+    assert (send.detail["status"], send.detail["provider_id"]) == ("unknown", None)
     assert _intact(app.engine)
 
 
