@@ -11,6 +11,8 @@ whole schedule; loans with a payment dated after D are evaluated in full (see
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import Column, Connection, MetaData, String, Table, delete, func, insert, select
 
 from reminder.db.sqlfn import ZERO, cents
@@ -72,6 +74,15 @@ def refresh_balances(conn: Connection) -> int:
         refresh_ids.drop(conn, checkfirst=True)
 
 
+def running_due() -> Any:
+    """Each installment's amount due plus every earlier one's, per loan (oldest first)."""
+    return func.sum(cents(installments.c.amount_due)).over(
+        partition_by=installments.c.loan_id,
+        order_by=(installments.c.due_date, installments.c.seq),
+        rows=(None, 0),
+    )
+
+
 def _recomputed() -> object:
     paid = (
         select(
@@ -83,16 +94,11 @@ def _recomputed() -> object:
         .group_by(payments.c.loan_id)
         .cte("paid")
     )
-    running_due = func.sum(cents(installments.c.amount_due)).over(
-        partition_by=installments.c.loan_id,
-        order_by=(installments.c.due_date, installments.c.seq),
-        rows=(None, 0),
-    )
     schedule = (
         select(
             installments.c.loan_id,
             installments.c.due_date,
-            running_due.label("running_due"),
+            running_due().label("running_due"),
         )
         .join(refresh_ids, refresh_ids.c.loan_id == installments.c.loan_id)
         .cte("schedule")

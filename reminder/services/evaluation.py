@@ -41,7 +41,7 @@ from sqlalchemy.sql.expression import ColumnElement
 from reminder.config import Config
 from reminder.db.sqlfn import ZERO, as_date, cents, days_between
 from reminder.db.tables import installments, loan_balances, loans, payments
-from reminder.services.balances import refresh_balances
+from reminder.services.balances import refresh_balances, running_due
 
 
 def lookahead_days(config: Config) -> int:
@@ -93,17 +93,12 @@ def _evaluation(
         .cte("unpaid")
         .prefix_with("MATERIALIZED")  # inlined, the window would see every installment
     )
-    running_due = func.sum(cents(installments.c.amount_due)).over(
-        partition_by=installments.c.loan_id,
-        order_by=(installments.c.due_date, installments.c.seq),
-        rows=(None, 0),
-    )
     schedule = (
         select(
             installments.c.loan_id,
             installments.c.due_date,
             cents(installments.c.amount_due).label("amount_due"),
-            running_due.label("running_due"),
+            running_due().label("running_due"),
             unpaid.c.paid,
         )
         .join(unpaid, unpaid.c.loan_id == installments.c.loan_id)
