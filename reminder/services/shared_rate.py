@@ -59,21 +59,31 @@ class DatabaseRateLimiter:
             raise ValueError("rate must be positive")
         self.engine, self.channel, self.rate = engine, channel, rate
         self.spacing = (1.0 + margin) / rate
+        # grants at least `spacing` apart, each used at most `lateness` after its slot:
+        # a sliding second then holds < (1 + lateness) / spacing + 1 <= rate of them
+        self.lateness = 0.9 * margin
         self.reserve = max(1, min(MAX_RESERVE, math.floor(rate * RESERVE_SECONDS)))
         self._sleep = sleep
         self._lock = threading.Lock()
         self._slots: deque[float] = deque()  # reserved grant instants, time.monotonic()
 
     def acquire(self) -> None:
-        """Take the next slot (from this process's reserve, else from the database); wait."""
-        with self._lock:
-            if not self._slots:
-                start = time.monotonic() + self._take(self.reserve)
-                self._slots.extend(start + i * self.spacing for i in range(self.reserve))
-            slot = self._slots.popleft()
-        delay = slot - time.monotonic()
-        if delay > 0:
-            self._sleep(delay)
+        """Take the next slot (from this process's reserve, else from the database); wait.
+
+        A slot this process reaches too late (descheduled on a busy machine) is dropped
+        for a fresh one: sent late, it would crowd the next grants into one second.
+        """
+        while True:
+            with self._lock:
+                if not self._slots:
+                    start = time.monotonic() + self._take(self.reserve)
+                    self._slots.extend(start + i * self.spacing for i in range(self.reserve))
+                slot = self._slots.popleft()
+            delay = slot - time.monotonic()
+            if delay > 0:
+                self._sleep(delay)
+            if time.monotonic() - slot <= self.lateness:
+                return
 
     def _take(self, count: int) -> float:
         """Reserve `count` consecutive slots; returns the seconds until the first."""
