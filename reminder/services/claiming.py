@@ -81,22 +81,36 @@ def claim(conn: Connection, now: datetime, limit: int, worker: str,
 
 
 def _due_groups(conn: Connection, due: list[Any], limit: int) -> set[tuple[Any, ...]]:
-    """Up to `limit` group keys with due rows, soonest first, each ours alone."""
-    postgres = conn.dialect.name == "postgresql"
+    """Up to `limit` group keys with due rows, soonest first, each ours alone.
+
+    On PostgreSQL the window is read and each group's lock tried in one statement: with
+    several workers most of the window is being claimed by the others at any moment, and
+    a lock refused costs the server a function call instead of a round trip each (four
+    workers made ~3 round trips per message that way, half of a worker's claiming time).
+    """
     window = select(*GROUP).where(*due).order_by(messages.c.not_before).limit(limit * 4)
+    if conn.dialect.name == "postgresql":
+        window = _locked(window.subquery("due_window"), limit)
     keys: list[tuple[Any, ...]] = []
     for row in conn.execute(window):
         key = tuple(row)
-        if key in keys:
-            continue
-        if postgres and not conn.execute(select(func.pg_try_advisory_xact_lock(
-                func.hashtextextended(f"reminder-claim|{key[0]}|{key[1]}|{key[2]}", 0)
-        ))).scalar():  # fmt: skip
-            continue  # another worker is claiming this borrower's message right now
-        keys.append(key)
-        if len(keys) == limit:
-            break
+        if key not in keys:  # a group's second row (its lock is ours already)
+            keys.append(key)
+            if len(keys) == limit:
+                break
     return set(keys)
+
+
+def _locked(window: Any, limit: int) -> Any:
+    """The window's rows whose group lock this transaction took: a transaction-scoped
+    advisory lock on "reminder-claim|borrower|channel|YYYY-MM-DD", tried row by row in
+    `not_before` order (the subquery's LIMIT keeps the lock calls out of its scan) and no
+    further than `limit` rows taken."""
+    name = func.concat("reminder-claim|", window.c.borrower_id, "|", window.c.channel, "|",
+                       func.to_char(window.c.run_date, "YYYY-MM-DD"))  # fmt: skip
+    taken = func.pg_try_advisory_xact_lock(func.hashtextextended(name, 0))
+    return select(window.c.borrower_id, window.c.channel, window.c.run_date).where(
+        taken).limit(limit)  # fmt: skip
 
 
 _statements: dict[tuple[int, date, datetime], Any] = {}
