@@ -230,9 +230,10 @@ class FakeTwilio:
                     "slow": Fault.slow(self._random[2])}[choice]
         return self._phase.pick(time.time()) if self._phase else None
 
-    def _create(self, res: str, form: dict[str, str]) -> dict[str, Any]:
+    def _create(self, res: str, form: dict[str, str], at: float | None = None) -> dict[str, Any]:
+        """Take a message or call; `at` is when its request arrived (default: now)."""
         kind = "message" if res == "Messages" else "call"
-        resource, record = new_resource(kind, self.account_sid, form, time.time())
+        resource, record = new_resource(kind, self.account_sid, form, at or time.time())
         with self._lock:
             self._resources[record.sid] = resource
             self._accepted.append(record)
@@ -287,6 +288,7 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length).decode() if length else ""
+        arrived = time.time()  # the provider's clock on receipt, before the latency
         url = urlsplit(self.path)
         if url.path.startswith("/_fake/"):
             return self._control(method, url.path, raw)
@@ -313,7 +315,7 @@ class _Handler(BaseHTTPRequestHandler):
             extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after else {}
             return self._error(fault.status, fault.code or fault.status, fault.message, **extra)
         on_arrival = not fault or (fault.accept and fault.kind != "late")
-        resource = fake._create(match["res"], form) if on_arrival else None
+        resource = fake._create(match["res"], form, arrived) if on_arrival else None
         if fault and fault.kind == "drop":
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
