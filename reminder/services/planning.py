@@ -206,7 +206,8 @@ PLAN_COLUMNS = (
 
 
 def plan(conn: Connection, config: Config, moment: RunMoment) -> int:
-    """Insert the day's message rows; returns how many were new. Safe to run twice."""
+    """Insert the day's message rows; safe to run twice. Returns the driver's rowcount
+    (new rows on SQLite; psycopg says -1 for INSERT ... ON CONFLICT DO NOTHING)."""
     slots = contact_slots(conn, config, moment.run_at)
     query = planning_select(config, moment, slots, conn.dialect.name != "postgresql")
     columns = [messages.c[name] for name in PLAN_COLUMNS]
