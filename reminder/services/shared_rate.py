@@ -8,8 +8,10 @@ The algorithm is GCRA ("virtual scheduling"). The row's `window_start` holds the
 free slot. One short transaction locks the row, takes slot `t = max(now, next_free)`,
 stores `t + spacing` and commits; the caller then sleeps until `t`. Successive grants
 are therefore `spacing = (1 + margin) / rate` apart across every process, so no sliding
-second holds more than `rate` grants (the 5% margin, as in `TokenBucket`, absorbs the
-jitter between the grant here and the request's arrival at the provider).
+second holds more than `rate` grants. The 10% margin absorbs the jitter between the
+grant here and the request's arrival at the provider: a worker paused after its grant
+(a garbage collection, a busy core) sends late and bunches with the next grants; with 5%
+the provider's busiest second reached the limit exactly in the 50,000-message test.
 
 On PostgreSQL the lock, read and write are a single `UPDATE ... RETURNING` (the UPDATE
 takes the row lock just as `SELECT ... FOR UPDATE` would, in one round trip) and `now`
@@ -49,19 +51,20 @@ class DatabaseRateLimiter:
         engine: The shared database; every worker must point at the same one.
         channel: The `rate_buckets` key (one budget per channel).
         rate: Requests per second allowed across all processes together.
-        margin: Stretch of the spacing; 0.05 gives up 5% of the rate for "never exceeded".
+        margin: Stretch of the spacing; 0.10 gives up ~9% of the rate for "never exceeded".
         sleep: Injected by tests; defaults to `time.sleep`.
     """
 
-    def __init__(self, engine: Engine, channel: str, rate: float, margin: float = 0.05,
+    def __init__(self, engine: Engine, channel: str, rate: float, margin: float = 0.10,
                  sleep: Callable[[float], None] = time.sleep) -> None:  # fmt: skip
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.engine, self.channel, self.rate = engine, channel, rate
         self.spacing = (1.0 + margin) / rate
         # grants at least `spacing` apart, each used at most `lateness` after its slot:
-        # a sliding second then holds < (1 + lateness) / spacing + 1 <= rate of them
-        self.lateness = 0.9 * margin
+        # a sliding second then holds < (1 + lateness) / spacing + 1 <= rate of them; the
+        # the rest of the margin is left for the request's way to the provider
+        self.lateness = 0.25 * margin
         self.reserve = max(1, min(MAX_RESERVE, math.floor(rate * RESERVE_SECONDS)))
         self._sleep = sleep
         self._lock = threading.Lock()

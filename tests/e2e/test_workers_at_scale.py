@@ -11,7 +11,7 @@ in a zone where it is now mid-day (`tests.scale.midday_zone`).
 Checked at the provider's end: every consolidated message arrived exactly once, no
 sliding second held more than `rate_per_second`; in the database: every row `sent`
 with the provider's id for its message, one run, done; and each process exits 0 on
-SIGTERM. It takes a couple of minutes (50,000 messages at <= 500/s): marked slow.
+SIGTERM. It takes a couple of minutes (50,000 messages at <= 400/s): marked slow.
 """
 
 from __future__ import annotations
@@ -44,7 +44,10 @@ from tests.scale import (
 
 REPO = Path(__file__).resolve().parents[2]
 MESSAGES, DOUBLES = 50_000, 5_000  # SMS sent; borrowers among them with two loans
-RATE = 500  # msg/s for the channel, all workers together: about what this box sustains
+# msg/s for the channel, all workers together: below what 4 workers reach here (~600-860),
+# so the limiter, not a saturated CPU, sets the pace (at 500 the fake itself, starved of
+# CPU, read arrivals in bursts: 514 in one second once)
+RATE = 400
 CONCURRENCY = 16  # sends in flight per worker (4 x 16 against 50 ms: far above the rate)
 LATENCY_MS = 50
 STALL_SECONDS = 60  # the run done and nothing sent for this long: stuck, fail
