@@ -55,6 +55,7 @@ from reminder.db.tables import messages  # noqa: E402
 from reminder.services.daily_run import RunOptions, run_day  # noqa: E402
 from tests.fakes.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, read_log  # noqa: E402
 from tests.scale import (  # noqa: E402
+    CONFIG,
     cpu_seconds,
     fake_twilio_process,
     local_today,
@@ -62,32 +63,6 @@ from tests.scale import (  # noqa: E402
     sms_portfolio,
     write_portfolio,
 )
-
-CONFIG = """
-[database]
-url = "{url}"
-[run]
-time = "06:00"
-timezone = "{zone}"
-[policy]
-contact_window = ["08:00", "21:00"]
-skip_weekends = false
-holidays = ""
-caps = {{ sms = [100, 7], email = [100, 7], voice = [100, 7] }}
-[[stages]]
-name = "early"
-dpd = [1, 7]
-every_days = 3
-channels = ["sms"]
-[channels.sms]
-provider = "twilio"
-from = "+15005550001"
-base_url = "{base_url}"
-rate_per_second = 100000
-concurrency = {concurrency}
-[server]
-public_url = "https://bot.lender.example"
-"""
 
 ACTIVITY = """SELECT pid, state, wait_event_type, wait_event FROM pg_stat_activity
               WHERE datname = current_database() AND pid <> pg_backend_pid()"""
@@ -231,7 +206,7 @@ def measure(backend: str, workers: int, args: argparse.Namespace, root: Path) ->
         engine = make_engine(url)
         write_portfolio(engine, sms_portfolio(args.messages, 0, local_today(zone), zone))
         config = folder / "config.toml"
-        config.write_text(CONFIG.format(url=url, zone=zone, base_url=base_url,
+        config.write_text(CONFIG.format(url=url, zone=zone, base_url=base_url, rate=100_000,
                                         concurrency=args.concurrency))  # fmt: skip
         procs = start_workers(workers, config, folder)
         try:

@@ -30,6 +30,34 @@ REPO = Path(__file__).resolve().parents[1]
 LOCAL_HOUR = 12  # where `midday_zone` puts "now": hours from the run time and the window's ends
 
 
+# A lender and its borrowers in `zone`, one SMS stage, the Twilio adapter on `base_url`.
+CONFIG = """
+[database]
+url = "{url}"
+[run]
+time = "06:00"
+timezone = "{zone}"
+[policy]
+contact_window = ["08:00", "21:00"]
+skip_weekends = false
+holidays = ""
+caps = {{ sms = [100, 7], email = [100, 7], voice = [100, 7] }}
+[[stages]]
+name = "early"
+dpd = [1, 7]
+every_days = 3
+channels = ["sms"]
+[channels.sms]
+provider = "twilio"
+from = "+15005550001"
+base_url = "{base_url}"
+rate_per_second = {rate}
+concurrency = {concurrency}
+[server]
+public_url = "https://bot.lender.example"
+"""
+
+
 def midday_zone(now: datetime | None = None) -> str:
     """An `Etc/GMT±N` zone where it is now LOCAL_HOUR o'clock (POSIX signs: GMT+5 = UTC-5)."""
     offset = LOCAL_HOUR - (now or datetime.now(UTC)).astimezone(UTC).hour  # -11 .. +12

@@ -33,6 +33,7 @@ from sqlalchemy import Engine, func, select
 from reminder.db.tables import messages, runs
 from tests.fakes.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, read_log
 from tests.scale import (
+    CONFIG,
     busiest_second,
     cpu_seconds,
     fake_twilio_process,
@@ -52,31 +53,6 @@ CONCURRENCY = 16  # sends in flight per worker (4 x 16 against 50 ms: far above 
 LATENCY_MS = 50
 STALL_SECONDS = 60  # the run done and nothing sent for this long: stuck, fail
 
-CONFIG = """
-[database]
-url = "{url}"
-[run]
-time = "06:00"
-timezone = "{zone}"
-[policy]
-contact_window = ["08:00", "21:00"]
-skip_weekends = false
-holidays = ""
-caps = {{ sms = [100, 7], email = [100, 7], voice = [100, 7] }}
-[[stages]]
-name = "early"
-dpd = [1, 7]
-every_days = 3
-channels = ["sms"]
-[channels.sms]
-provider = "twilio"
-from = "+15005550001"
-base_url = "{base_url}"
-rate_per_second = {rate}
-concurrency = {concurrency}
-[server]
-public_url = "https://bot.lender.example"
-"""
 
 
 class Process:
