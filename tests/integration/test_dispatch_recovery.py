@@ -5,7 +5,6 @@ PostgreSQL."""
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -19,7 +18,7 @@ from reminder.clock import FixedClock
 from reminder.config import Config
 from reminder.errors import UnconfirmedSendError
 from reminder.services import recording
-from reminder.services.dispatch import DispatchReport, dispatch_due
+from reminder.services.dispatch import dispatch_due
 from tests.integration.test_dispatch import FAST, SEND_AT, FakeSender, plan, rows
 
 WINDOW = timedelta(seconds=30)
@@ -133,25 +132,3 @@ def test_what_a_failed_pass_left_sending_is_settled_by_the_next_pass_of_the_same
     [row] = rows(app)
     assert (row["status"], row["provider_id"]) == ("sent", "F1") and len(sms.sent) == 1
 
-
-def test_a_failed_pass_is_logged_in_one_line_without_sql_or_parameters(monkeypatch, caplog):
-    from reminder.cli import worker as module
-
-    stop, calls = threading.Event(), []
-
-    def flaky(app: object) -> DispatchReport:
-        calls.append(1)
-        if len(calls) < 3:
-            raise dropped()
-        stop.set()
-        return DispatchReport(sent=1)
-
-    monkeypatch.setattr(module, "dispatch_due", flaky)
-    with caplog.at_level(logging.INFO, logger=module.__name__):
-        report = module.work(object(), interval=0.01, stop=stop)  # type: ignore[arg-type]
-    assert report.sent == 1 and len(calls) == 3  # it backed off and went on
-    line = "pass failed: Exception: terminating connection due to administrator command"
-    assert report.errors == [line, line]
-    logged = [r.getMessage() for r in caplog.records]
-    assert len(logged) == 2 and all("\n" not in m and "+1212" not in m and "UPDATE" not in m
-                                    for m in logged)  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -29,7 +30,6 @@ from reminder.clock import FixedClock
 from reminder.config import Config
 from reminder.db.tables import messages, rate_buckets, runs
 from reminder.services.daily_run import RunOptions, run_day
-from reminder.services.dispatch import DispatchReport
 from reminder.services.shared_rate import DatabaseRateLimiter
 from tests.portfolio import Portfolio
 
@@ -199,26 +199,49 @@ def test_worker_loops_until_sigterm_then_exits_cleanly(workdir: Path, engine: En
     assert json.loads(out)["sent"] == 6 and statuses(engine) == ["sent"] * 6
 
 
-def test_a_failing_pass_does_not_stop_the_worker(monkeypatch: pytest.MonkeyPatch):
+def test_a_failing_pass_does_not_stop_the_worker(
+    tmp_path: Path, config: Config, caplog: pytest.LogCaptureFixture
+):
+    """A database not there yet (no tables): passes fail, each logged in one line without
+    SQL, the worker backs off and goes on; once the database is back, the next pass
+    sends. `--once` reports the failure."""
     from reminder.cli import worker as module
+    from reminder.cli.worker import work
+    from reminder.db.engine import make_engine
+    from reminder.db.migrate import upgrade_to_head
 
-    calls: list[int] = []
+    engine = make_engine(f"sqlite:///{tmp_path / 'late.db'}")
+    app = bootstrap(config, engine=engine, clock=FixedClock(SEND_AT))
+    with pytest.raises(Exception, match="no such table"):  # `--once`: exit code != 0
+        work(app, once=True)
     stop = threading.Event()
 
-    def flaky(app: object) -> DispatchReport:
-        calls.append(1)
-        if len(calls) == 1:
-            raise RuntimeError("database went away")
+    def database_comes_back() -> None:
+        time.sleep(0.4)  # a few failing passes first
+        upgrade_to_head(engine)
+        p = Portfolio()
+        p.loan("L1", p.borrower("B1", phone="+12125550100"), first_due=D - timedelta(days=2),
+               count=1)  # fmt: skip
+        p.save(engine)
+        run_day(app, RunOptions(run_date=D, dispatch=False))
+        deadline = time.monotonic() + 30
+        while "planned" in statuses(engine) and time.monotonic() < deadline:
+            time.sleep(0.05)
         stop.set()
-        return DispatchReport(sent=2)
 
-    monkeypatch.setattr(module, "dispatch_due", flaky)
-    report = module.work(object(), interval=0.01, stop=stop)  # type: ignore[arg-type]
-    assert len(calls) == 2 and report.sent == 2
-    assert report.errors == ["pass failed: RuntimeError: database went away"]
-    monkeypatch.setattr(module, "dispatch_due", lambda app: (_ for _ in ()).throw(OSError("x")))
-    with pytest.raises(OSError):  # `--once` reports the failure (exit code != 0)
-        module.work(object(), once=True)  # type: ignore[arg-type]
+    helper = threading.Thread(target=database_comes_back)
+    helper.start()
+    with caplog.at_level(logging.INFO, logger=module.__name__):
+        report = work(app, interval=0.05, stop=stop)
+    helper.join()
+    logged = [r.getMessage() for r in caplog.records if "pass failed" in r.getMessage()]
+    assert len(logged) == len(report.errors)
+    assert all("\n" not in m and "SELECT" not in m and "+1212" not in m for m in logged)
+    assert report.errors and all(e.startswith("pass failed: OperationalError") for e in
+                                 report.errors)  # fmt: skip
+    assert all("SELECT" not in error for error in report.errors)  # one line, no SQL
+    assert report.sent == 2 and statuses(engine) == ["sent", "sent"]  # an SMS and an email
+    engine.dispose()
 
 
 # --- two daily runs at once, on PostgreSQL --------------------------------------------------
